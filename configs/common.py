@@ -1,0 +1,102 @@
+"""Pieces every diffax config shares.
+
+Configs are data: each `configs/<name>.py` has `get_config(arg)` returning a locked
+`ml_collections.ConfigDict`, so `--config.a.b=value` overrides any field and a typo fails.
+`get_config("smoke")` shrinks any config to a run that finishes in seconds on a laptop CPU.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg):
+  """Splits a config argument like "smoke,prediction=v" into a dict of variants."""
+  variants = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    variants[key.strip()] = value.strip() if value else True
+  return variants
+
+
+def base_config():
+  """Every key that any diffax run reads, with defaults. See shared/API.md for the contract."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "digits"     # any TFDS image dataset name, or the embedded "digits"
+  c.data.split = "train"
+  c.data.image_size = 8         # images are resized (area) to image_size x image_size
+  c.data.channels = 1
+  c.data.random_flip = False    # random horizontal flips (not for digits: a flipped 7 is no digit)
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: default
+  c.data.shuffle_buffer = 10_000
+  c.data.num_classes = 10       # labels in the dataset; conditioning uses model.num_classes
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"
+  c.model.base_channels = 64
+  c.model.channel_mult = (1, 2)
+  c.model.num_res_blocks = 2
+  c.model.attention_resolutions = (4,)
+  c.model.num_heads = 1
+  c.model.dropout = 0.0
+  c.model.num_groups = 32       # GroupNorm groups; must divide every channel count
+  c.model.num_classes = 0       # 0: unconditional; k: labels 0..k-1 plus a null label k (CFG)
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "cosine"   # "linear" | "cosine"
+  c.diffusion.num_steps = 1000
+  c.diffusion.beta_start = 1e-4     # linear schedule only
+  c.diffusion.beta_end = 0.02       # linear schedule only
+  c.diffusion.prediction = "eps"    # "eps" | "x0" | "v"
+  c.diffusion.loss_weighting = "none"   # "none" | "min_snr"
+  c.diffusion.min_snr_gamma = 5.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 2e-4
+  c.optim.warmup_steps = 100
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip_norm = 1.0      # global-norm clipping; 0 disables it
+  c.optim.ema_decay = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 10_000
+  c.train.batch_size = 128          # global: summed over every device of every host
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.sample_every = 2000       # 0 disables sampling during training
+  c.train.label_dropout = 0.0       # probability of replacing the label by the null label (CFG)
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.sampler = "ddim"         # see diffax.sampling.SAMPLERS
+  c.sample.num_steps = 50
+  c.sample.eta = 0.0
+  c.sample.clip_x0 = True
+  c.sample.num_images = 64
+  c.sample.batch_size = 64
+  return c
+
+
+def smoke(c):
+  """Shrinks a config in place to a seconds-long run: tiny model, few steps, small batch."""
+  c.model.base_channels = 8
+  c.model.channel_mult = (1, 2)
+  c.model.num_res_blocks = 1
+  c.model.attention_resolutions = ()
+  c.model.num_groups = 4
+  c.model.dropout = 0.0
+  c.diffusion.num_steps = 100
+  c.train.num_steps = 20
+  c.train.batch_size = 16
+  c.train.log_every = 5
+  c.train.checkpoint_every = 10
+  c.train.sample_every = 0
+  c.optim.warmup_steps = 5
+  c.sample.num_steps = 10
+  c.sample.num_images = 16
+  c.sample.batch_size = 16
+  return c

@@ -1,0 +1,111 @@
+"""The denoising training objective: a pure `loss_fn(params, batch, rng) -> (loss, aux)`.
+
+For each example: t ~ Uniform{0..T-1}, eps ~ N(0, I), x_t = q_sample(x_0, t, eps); the model
+predicts eps, x0 or v from (x_t, t) and is regressed onto that target with mean squared error
+(DDPM's L_simple, Ho et al. 2020 eq. 14, for "eps"). Min-SNR-gamma weighting (Hang et al. 2023)
+optionally reweights the timesteps.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffax import diffusion
+from diffax.schedules import Schedule
+
+WEIGHTINGS = ("none", "min_snr")
+
+
+def snr_weight(snr: jax.Array, prediction: str, weighting: str, gamma: float) -> jax.Array:
+  """Per-example loss weight, `[B]`.
+
+  Min-SNR-gamma (Hang et al. 2023, eq. 9 and sec. 3.4) weights the x0-space error by
+  min(SNR, gamma). In eps space that is min(SNR, gamma) / SNR, in v space
+  min(SNR, gamma) / (SNR + 1).
+  """
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {list(WEIGHTINGS)}")
+  if weighting == "none":
+    return jnp.ones_like(snr)
+  clipped = jnp.minimum(snr, gamma)
+  return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[prediction]
+
+
+def make_loss_fn(
+    apply_fn: Callable,
+    schedule: Schedule,
+    *,
+    prediction: str = "eps",
+    weighting: str = "none",
+    min_snr_gamma: float = 5.0,
+    num_classes: int = 0,
+    label_dropout: float = 0.0,
+) -> Callable:
+  """Builds the training loss.
+
+  Args:
+    apply_fn: the model, `apply_fn(params, x_t, t, cond=None, *, train, rng) -> prediction`.
+    schedule: the noise schedule.
+    prediction: what the model predicts: "eps", "x0" or "v".
+    weighting: "none" (plain MSE) or "min_snr".
+    min_snr_gamma: gamma of min-SNR weighting.
+    num_classes: 0 for an unconditional model; else the model takes `batch["label"]` as `cond`.
+    label_dropout: probability of replacing a label by the null label `num_classes`, which
+      trains the unconditional model of classifier-free guidance alongside the conditional one.
+
+  Returns:
+    `loss_fn(params, batch, rng) -> (loss, aux)`, where batch holds `"image"` `[B, ...]` in
+    [-1, 1] (and `"label"` `i32[B]` when conditional); loss is a scalar and aux a dict of
+    scalar metrics: `loss`, `mse` (unweighted) and `mse_t0..3` (mean MSE per quarter of [0, T)).
+  """
+  diffusion.check_prediction(prediction)
+  snr_weight(jnp.ones(()), prediction, weighting, min_snr_gamma)  # validates `weighting` early
+  if not 0.0 <= label_dropout <= 1.0:
+    raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout}")
+  num_steps = schedule.num_steps
+
+  def loss_fn(params, batch, rng):
+    x0 = batch["image"]  # [B, ...]
+    batch_size = x0.shape[0]
+    t_rng, noise_rng, drop_rng, model_rng = jax.random.split(rng, 4)
+    t = jax.random.randint(t_rng, (batch_size,), 0, num_steps)  # [B]
+    noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+    alpha, sigma = diffusion.alpha_sigma(schedule, t, x0)
+    x_t = alpha * x0 + sigma * noise
+
+    cond = None
+    if num_classes:
+      cond = batch["label"].astype(jnp.int32)  # [B]
+      if label_dropout > 0:
+        drop = jax.random.bernoulli(drop_rng, label_dropout, (batch_size,))
+        cond = jnp.where(drop, num_classes, cond)
+
+    output = apply_fn(params, x_t, t, cond, train=True, rng=model_rng)
+    tgt = diffusion.target(x0, noise, alpha, sigma, prediction)
+    mse = jnp.mean(jnp.square(output.astype(jnp.float32) - tgt), axis=range(1, x0.ndim))  # [B]
+    snr = jnp.exp(schedule.log_snr[t])  # [B]
+    weight = snr_weight(snr, prediction, weighting, min_snr_gamma)  # [B]
+    loss = jnp.mean(weight * mse)
+
+    quarter = (4 * t) // num_steps  # [B], in 0..3
+    aux = {"loss": loss, "mse": jnp.mean(mse)}
+    for q in range(4):
+      in_q = quarter == q
+      aux[f"mse_t{q}"] = jnp.sum(jnp.where(in_q, mse, 0.0)) / jnp.maximum(jnp.sum(in_q), 1)
+    return loss, aux
+
+  return loss_fn
+
+
+def from_config(apply_fn: Callable, schedule: Schedule, config) -> Callable:
+  """`make_loss_fn` with its options read from a diffax config."""
+  return make_loss_fn(
+      apply_fn,
+      schedule,
+      prediction=config.diffusion.prediction,
+      weighting=config.diffusion.loss_weighting,
+      min_snr_gamma=config.diffusion.min_snr_gamma,
+      num_classes=config.model.num_classes,
+      label_dropout=config.train.label_dropout,
+  )

@@ -1,0 +1,19 @@
+"""Test-wide JAX setup: fake CPU devices for multi-device tests and a persistent compile cache.
+
+Both must be set before JAX initializes its backends, which is why they live here.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top
+
+NUM_CPU_DEVICES = 8
+jax.config.update("jax_num_cpu_devices", NUM_CPU_DEVICES)
+_CACHE = os.environ.get(
+    "DIFFAX_TEST_COMPILATION_CACHE",
+    os.path.join(os.path.expanduser("~"), ".cache", "diffax", "jax_test_cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
