@@ -1,0 +1,113 @@
+"""Tests of the denoising loss against known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffax import diffusion
+from diffax import losses
+from diffax import schedules
+
+SCHEDULE = schedules.cosine(200)
+X0 = jax.random.uniform(jax.random.key(0), (1, 4, 4, 2), minval=-1, maxval=1)
+
+
+def oracle(prediction, x0=X0):
+  """The exact predictor when the data law is a point mass at x0: it can invert q_sample."""
+  def apply_fn(params, x_t, t, cond=None, *, train=False, rng=None):
+    del params, cond, train, rng
+    alpha, sigma = diffusion.alpha_sigma(SCHEDULE, t, x_t)
+    eps = diffusion.eps_from_x0(x_t, x0, alpha, sigma)
+    return diffusion.target(x0, eps, alpha, sigma, prediction)
+  return apply_fn
+
+
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+@pytest.mark.parametrize("weighting", losses.WEIGHTINGS)
+def test_perfect_predictor_has_zero_loss(prediction, weighting):
+  loss_fn = jax.jit(losses.make_loss_fn(
+      oracle(prediction), SCHEDULE, prediction=prediction, weighting=weighting))
+  batch = {"image": jnp.broadcast_to(X0, (64,) + X0.shape[1:])}
+  loss, aux = loss_fn(None, batch, jax.random.key(1))
+  # eps from x0 divides by sigma, tiny at t = 0: float32 rounding, not a modelling error.
+  assert float(loss) < 1e-5, (prediction, weighting, float(loss))
+  assert float(aux["mse"]) < 1e-5
+
+
+def test_zero_predictor_has_unit_eps_loss():
+  """Predicting eps = 0 costs E[eps^2] = 1 per pixel; predicting x0 = 0 costs E[x0^2]."""
+  zero = lambda params, x_t, t, cond=None, **kw: jnp.zeros_like(x_t)
+  batch = {"image": jnp.full((256, 8, 8, 1), 0.5)}
+  eps_loss, _ = losses.make_loss_fn(zero, SCHEDULE, prediction="eps")(None, batch,
+                                                                       jax.random.key(2))
+  np.testing.assert_allclose(float(eps_loss), 1.0, atol=0.02)
+  x0_loss, _ = losses.make_loss_fn(zero, SCHEDULE, prediction="x0")(None, batch,
+                                                                    jax.random.key(2))
+  np.testing.assert_allclose(float(x0_loss), 0.25, rtol=1e-5)
+
+
+def test_min_snr_weights_match_paper():
+  snr = jnp.array([0.1, 1.0, 5.0, 50.0])
+  gamma = 5.0
+  clipped = np.minimum(np.asarray(snr), gamma)
+  np.testing.assert_allclose(losses.snr_weight(snr, "eps", "min_snr", gamma), clipped / snr,
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.snr_weight(snr, "x0", "min_snr", gamma), clipped, rtol=1e-6)
+  np.testing.assert_allclose(losses.snr_weight(snr, "v", "min_snr", gamma),
+                             clipped / (np.asarray(snr) + 1), rtol=1e-6)
+  np.testing.assert_allclose(losses.snr_weight(snr, "eps", "none", gamma), 1.0)
+
+
+def test_min_snr_loss_is_weighted_mse():
+  """With a constant-error model, the weighted loss is the batch mean of the weights."""
+  off_by_one = lambda params, x_t, t, cond=None, **kw: oracle("eps")(params, x_t, t) + 1.0
+  batch = {"image": jnp.broadcast_to(X0, (32,) + X0.shape[1:])}
+  rng = jax.random.key(3)
+  loss, aux = losses.make_loss_fn(off_by_one, SCHEDULE, weighting="min_snr",
+                                  min_snr_gamma=5.0)(None, batch, rng)
+  t = jax.random.randint(jax.random.split(rng, 4)[0], (32,), 0, SCHEDULE.num_steps)
+  snr = jnp.exp(SCHEDULE.log_snr[t])
+  np.testing.assert_allclose(float(aux["mse"]), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(float(loss), float(jnp.mean(jnp.minimum(snr, 5.0) / snr)),
+                             rtol=1e-4)
+
+
+def test_label_dropout_uses_null_label():
+  seen = {}
+
+  def apply_fn(params, x_t, t, cond=None, **kw):
+    seen["cond"] = cond
+    return jnp.zeros_like(x_t)
+
+  batch = {"image": jnp.zeros((4000, 2, 2, 1)), "label": jnp.full((4000,), 3)}
+  losses.make_loss_fn(apply_fn, SCHEDULE, num_classes=10, label_dropout=0.25)(
+      None, batch, jax.random.key(4))
+  cond = np.asarray(seen["cond"])
+  assert set(np.unique(cond)) == {3, 10}
+  np.testing.assert_allclose(np.mean(cond == 10), 0.25, atol=0.03)
+
+
+def test_timesteps_cover_the_schedule_uniformly():
+  seen = {}
+
+  def apply_fn(params, x_t, t, cond=None, **kw):
+    seen["t"] = t
+    return jnp.zeros_like(x_t)
+
+  losses.make_loss_fn(apply_fn, SCHEDULE)(None, {"image": jnp.zeros((20000, 1, 1, 1))},
+                                          jax.random.key(5))
+  counts = np.bincount(np.asarray(seen["t"]), minlength=SCHEDULE.num_steps)
+  assert counts.size == SCHEDULE.num_steps and counts.min() > 50
+  np.testing.assert_allclose(counts.mean(), 100.0)
+  assert counts.std() < 20  # binomial std is about 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prediction="noise"), "prediction"),
+    (dict(weighting="snr"), "weighting"),
+    (dict(label_dropout=1.5), "label_dropout"),
+])
+def test_bad_options_are_rejected(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    losses.make_loss_fn(oracle("eps"), SCHEDULE, **kwargs)
