@@ -1,0 +1,140 @@
+"""Building blocks of the DDPM / ADM U-Net (Ho et al. 2020; Dhariwal & Nichol 2021).
+
+Every module takes a compute `dtype` (float32 by default, bfloat16 for mixed precision); its
+parameters are always float32. Kernels use the DDPM reference initializer (Xavier uniform); the
+last layer of each residual branch is zero-initialised, so every block starts as the identity
+(DDPM's `init_scale=0.`, ADM's `zero_module`).
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+zeros_init = nn.initializers.zeros
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal embedding of timesteps (Vaswani et al. 2017, sec. 3.5; DDPM appendix B).
+
+  emb(t)_i = sin(t * w_i) for i < dim/2 and cos(t * w_{i - dim/2}) after, with frequencies
+  w_i = max_period^(-i / (dim/2 - 1)) as in the DDPM reference code.
+
+  Args:
+    t: timesteps, `[B]`, integer or float.
+    dim: embedding width; an odd width is zero-padded by one.
+    max_period: the slowest period.
+
+  Returns:
+    `f32[B, dim]`.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def conv3x3(features: int, dtype: Dtype, *, name: str, zero: bool = False, strides: int = 1):
+  """A 3x3 'SAME'-padded convolution (pad 1 each side, as in ADM)."""
+  return nn.Conv(features, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
+                 dtype=dtype, kernel_init=zeros_init if zero else default_init, name=name)
+
+
+class ResBlock(nn.Module):
+  """Residual block: GN, SiLU, conv3x3, + time embedding, GN, SiLU, dropout, conv3x3, + skip.
+
+  With `scale_shift` the time embedding modulates the second GroupNorm, norm(h) * (1 + scale)
+  + shift (ADM's use_scale_shift_norm, Dhariwal & Nichol 2021 sec. 3); without it, it is added
+  to the features before that norm (DDPM). The skip is a 1x1 projection when channels change.
+
+  Attributes:
+    features: output channels.
+    num_groups: GroupNorm groups.
+    dropout: dropout rate before the last conv.
+    scale_shift: ADM scale-shift time injection (True) or DDPM additive injection (False).
+    dtype: compute dtype.
+  """
+  features: int
+  num_groups: int
+  dropout: float = 0.0
+  scale_shift: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb, *, train: bool):
+    """x `[B, H, W, C_in]`, emb `[B, E]` -> `[B, H, W, features]`."""
+    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
+    h = conv3x3(self.features, self.dtype, name="conv1")(nn.silu(h))
+
+    emb_width = 2 * self.features if self.scale_shift else self.features
+    emb = nn.Dense(emb_width, dtype=self.dtype, kernel_init=default_init, name="temb_proj")(
+        nn.silu(emb))[:, None, None, :]  # [B, 1, 1, emb_width]
+    if self.scale_shift:
+      scale, shift = jnp.split(emb, 2, axis=-1)
+      h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h) * (1 + scale) + shift
+    else:
+      h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h + emb)
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+    h = conv3x3(self.features, self.dtype, name="conv2", zero=True)(h)
+
+    if x.shape[-1] != self.features:
+      x = nn.Dense(self.features, dtype=self.dtype, kernel_init=default_init, name="skip")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """Multi-head self-attention over the H*W positions, with a residual connection.
+
+  x + proj(Attention(q, k, v)) where q, k, v are 1x1 projections of GroupNorm(x) and the
+  attention is softmax(q k^T / sqrt(d)) v per head (Vaswani et al. 2017, eq. 1); the logits and
+  softmax are computed in float32 whatever the compute dtype.
+
+  Attributes:
+    num_heads: attention heads; must divide the channel count.
+    num_groups: GroupNorm groups.
+    dtype: compute dtype.
+  """
+  num_heads: int
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x `[B, H, W, C]` -> `[B, H, W, C]`."""
+    b, height, width, c = x.shape
+    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=default_init, name="qkv")(h)
+    qkv = qkv.reshape(b, height * width, 3, self.num_heads, c // self.num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, HW, heads, C / heads]
+    h = jax.nn.dot_product_attention(q, k, v).reshape(b, height, width, c)
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name="proj_out")(h)
+    return x + h
+
+
+class Downsample(nn.Module):
+  """Halves the resolution with a stride-2 3x3 conv (DDPM `resamp_with_conv`)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x `[B, H, W, C]` -> `[B, H/2, W/2, C]`."""
+    return conv3x3(x.shape[-1], self.dtype, name="conv", strides=2)(x)
+
+
+class Upsample(nn.Module):
+  """Doubles the resolution: nearest-neighbour upsampling followed by a 3x3 conv."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x `[B, H, W, C]` -> `[B, 2H, 2W, C]`."""
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return conv3x3(x.shape[-1], self.dtype, name="conv")(x)
