@@ -1,0 +1,452 @@
+"""Input pipeline: a TFDS image dataset -> host-local numpy batches, resumable at any step.
+
+`create_iterator(config, start_step=k)` yields, for every training step from `k` on, a dict of
+host-local numpy arrays:
+
+  {"image": f32 [B_local, H, W, C] in [-1, 1], "label": i32 [B_local]}
+
+with `B_local = config.train.batch_size // process_count` and `H = W = config.data.image_size`,
+`C = config.data.channels`. No JAX here: `diffax.parallel` places the batches on devices.
+
+Exact resume. The batch of step k is a function of (config.seed, k, process_index) alone, so a
+run restarted at step k sees exactly the batches an uninterrupted run would have seen. This
+host's shard of N examples is read as an endless stream of epochs; epoch e is the shard in an
+order drawn from a seed derived from (seed, process_index, e), and example i of epoch e is
+flipped (when config.data.random_flip) by a coin drawn from (seed, process_index, e, i). Step k
+reads stream positions [k * B_local, (k + 1) * B_local), so resuming means starting at epoch
+(k * B_local) // N and skipping (k * B_local) % N examples of it. Batches run across epoch
+boundaries; no example is dropped.
+
+Two ways of reading, both exact:
+- in memory (shards whose preprocessed float32 images fit in IN_MEMORY_MAX_BYTES, e.g. digits,
+  MNIST): the shard is preprocessed once into a numpy array and each batch is a numpy gather;
+  epoch orders are numpy permutations, so resuming costs nothing.
+- streaming (larger shards, e.g. CIFAR-10 at 32x32x3, CelebA): tf.data reads the TFDS files in
+  their fixed order (shuffle_files=False, deterministic), shuffles each epoch with a buffer of
+  min(N, config.data.shuffle_buffer) and a seed per epoch (a full permutation when the buffer
+  holds the shard), decodes and preprocesses in parallel, batches and prefetches. Resuming
+  reads (but does not decode) the skipped part of the first epoch.
+config.data.get("in_memory") = True/False forces one way; the default picks by size. Each way
+gives its own (deterministic) order: a run must resume with the same choice it started with,
+which the default guarantees for the same dataset, image size and process count.
+
+Preprocessing: decode; center-crop non-square images to a square; resize to image_size with
+"area" when shrinking and "bilinear" when enlarging (no resize when the size matches, so
+digits' pixel values are exact); convert channels (RGB -> grayscale with ITU-R 601 weights,
+grayscale -> RGB by repeating, RGBA -> RGB by dropping alpha; other combinations raise);
+scale 0..255 to [-1, 1] as x / 127.5 - 1. Labels come from the "label" feature when the
+dataset has one, else they are zeros (e.g. celeb_a).
+
+Host sharding: process p of P reads `tfds.even_splits(config.data.split, P)[p]`: disjoint
+shards covering the split, sizes differing by at most one.
+
+TensorFlow is here only for tf.data. `_configure_tensorflow` hides every GPU from TensorFlow (so
+it never takes accelerator memory from JAX) and bounds its thread pools to
+`config.data.get("num_threads")` (default: half the CPU cores, at most 8) so it leaves the cores
+to JAX; the tf.data pipeline runs in a private thread pool of that size.
+
+Missing data: "digits" is prepared automatically (no network, a few seconds). Any other dataset
+that is not prepared in the data_dir is downloaded only when config.data.get("download", True)
+is true (TFDS retries an unreachable network for minutes before it fails: the log says so
+first); with download False it fails at once with a message that says how to prepare it.
+"""
+
+import logging
+import os
+from typing import Any, Iterator, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from diffax import datasets as _embedded_datasets  # Registers "digits" with TFDS.
+
+del _embedded_datasets
+
+# Shards whose preprocessed float32 images take at most this many bytes are held in memory.
+IN_MEMORY_MAX_BYTES = 256 * 2**20
+# Batches tf.data prepares ahead of the training step (streaming only).
+PREFETCH_BATCHES = 2
+EMBEDDED_DATASETS = ("digits",)  # Prepared without network, automatically.
+
+Batch = dict[str, np.ndarray]
+
+_tf_configured = False
+
+
+class DatasetInfo(NamedTuple):
+  """What a trainer needs to know about a dataset before reading it.
+
+  Attributes:
+    num_examples: examples in config.data.split, summed over all hosts.
+    image_shape: (H, W, C) of the images the iterator yields.
+    num_classes: classes of the "label" feature; 0 when the dataset has no labels.
+  """
+
+  num_examples: int
+  image_shape: tuple[int, int, int]
+  num_classes: int
+
+
+def create_iterator(config, *, start_step: int = 0, process_index: Optional[int] = None,
+                    process_count: Optional[int] = None) -> Iterator[Batch]:
+  """Returns an endless iterator of this host's training batches, from step `start_step` on.
+
+  Args:
+    config: a diffax config; reads `seed`, `train.batch_size` (global) and `data.*`.
+    start_step: the step whose batch comes first; resuming at k yields the batches an
+      uninterrupted run yields at k, k + 1, ...
+    process_index: this host's index in [0, process_count); None means 0.
+    process_count: the number of hosts feeding the global batch; None means 1.
+
+  Returns:
+    An iterator of dicts {"image": f32 [B_local, H, W, C] in [-1, 1], "label": i32 [B_local]},
+    B_local = config.train.batch_size // process_count.
+
+  Raises:
+    ValueError: on a bad config value, a batch size not divisible by process_count, or an
+      unknown, missing or unsuitable dataset.
+  """
+  process_index = 0 if process_index is None else int(process_index)
+  process_count = 1 if process_count is None else int(process_count)
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, process_count); got process_index="
+                     f"{process_index}, process_count={process_count}.")
+  batch_size = int(config.train.batch_size)
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"config.train.batch_size={batch_size} must be a positive multiple of "
+                     f"the number of processes ({process_count}).")
+  if int(start_step) < 0:
+    raise ValueError(f"start_step must be >= 0; got {start_step}.")
+  local_batch = batch_size // process_count
+  _configure_tensorflow(config)
+  builder = _prepared_builder(config)
+  preprocess = _make_preprocess(builder.info.features, config.data)
+  split = config.data.split
+  if process_count > 1:
+    split = tfds.even_splits(split, n=process_count)[process_index]
+  examples = _read(builder, split)
+  num_examples = _cardinality(examples, config.data)
+  if num_examples == 0:
+    raise ValueError(f"Process {process_index} of {process_count} has no examples of split "
+                     f"{config.data.split!r} of {config.data.dataset!r}.")
+  seed_key = _seed_key(config.seed, process_index)
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  in_memory = config.data.get("in_memory", None)
+  if in_memory is None:
+    in_memory = num_examples * size * size * channels * 4 <= IN_MEMORY_MAX_BYTES
+  logging.info("diffax.data: %s split %r, process %d of %d: %d examples, %s, batch %d from "
+               "step %d.", config.data.dataset, config.data.split, process_index, process_count,
+               num_examples, "in memory" if in_memory else "streaming", local_batch,
+               start_step)
+  if in_memory:
+    arrays = _load_all(examples, preprocess, config.data)
+    return _in_memory_batches(arrays["image"], arrays["label"], seed_key=seed_key, batch_size=local_batch,
+                              start_step=int(start_step), random_flip=config.data.random_flip)
+  return _streaming_batches(examples, preprocess, config.data, num_examples=num_examples,
+                            seed_key=seed_key, batch_size=local_batch,
+                            start_step=int(start_step))
+
+
+def dataset_info(config) -> DatasetInfo:
+  """Returns the size of config.data.split, the yielded image shape and the number of classes.
+
+  Prepares "digits" if needed; raises like `create_iterator` on a missing dataset.
+  """
+  _configure_tensorflow(config)
+  builder = _prepared_builder(config)
+  _make_preprocess(builder.info.features, config.data)  # Validates image size and channels.
+  label = _feature(builder.info.features, "label") if _has_label(builder.info.features) else None
+  size = int(config.data.image_size)
+  return DatasetInfo(
+      num_examples=_cardinality(_read(builder, config.data.split), config.data),
+      image_shape=(size, size, int(config.data.channels)),
+      num_classes=int(getattr(label, "num_classes", 0) or 0))
+
+
+def load_eval_images(config, num_images: int, *, split: Optional[str] = None) -> Batch:
+  """Returns the first `num_images` examples of a split, preprocessed, unflipped, in file order.
+
+  For evaluation against real data (reference statistics, held-out likelihoods). The order is
+  the TFDS file order, which TFDS shuffles when it prepares a dataset, so the first examples
+  are a fixed random sample of the split.
+
+  Args:
+    config: a diffax config (reads `data.*`).
+    num_images: how many examples; at most the size of the split.
+    split: a TFDS split; None means config.data.split (e.g. "test" for held-out digits).
+
+  Returns:
+    {"image": f32 [num_images, H, W, C] in [-1, 1], "label": i32 [num_images]}.
+  """
+  _configure_tensorflow(config)
+  builder = _prepared_builder(config)
+  preprocess = _make_preprocess(builder.info.features, config.data)
+  split = config.data.split if split is None else split
+  examples = _read(builder, split)
+  available = _cardinality(examples, config.data)
+  if not 0 < num_images <= available:
+    raise ValueError(f"num_images must be in [1, {available}] (the size of split {split!r} of "
+                     f"{config.data.dataset!r}); got {num_images}.")
+  return _load_all(examples.take(num_images), preprocess, config.data)
+
+
+def _configure_tensorflow(config) -> None:
+  """Hides GPUs from TensorFlow and bounds its thread pools; once per process.
+
+  Both settings only take effect before TensorFlow initializes its runtime (its first op); if
+  something else ran a TensorFlow op first, this logs and keeps TensorFlow's own settings.
+  """
+  global _tf_configured
+  if _tf_configured:
+    return
+  _tf_configured = True
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError) as e:
+    logging.warning("diffax.data: could not hide GPUs from TensorFlow: %s", e)
+  threads = _num_threads(config.data)
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+  except RuntimeError as e:
+    logging.warning("diffax.data: could not bound TensorFlow's thread pools: %s", e)
+
+
+def _num_threads(data_config) -> int:
+  """TensorFlow's thread budget: config.data.get("num_threads"), else half the cores, <= 8."""
+  threads = data_config.get("num_threads", None)
+  if threads is None:
+    threads = min(8, max(1, (os.cpu_count() or 2) // 2))
+  return int(threads)
+
+
+def _data_options(data_config) -> tf.data.Options:
+  """Deterministic order, in a private thread pool of _num_threads threads."""
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = _num_threads(data_config)
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _prepared_builder(config) -> tfds.core.DatasetBuilder:
+  """Returns the TFDS builder of config.data.dataset with its data prepared, or raises."""
+  name, data_dir = config.data.dataset, config.data.data_dir
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"config.data.dataset={name!r} is not a TFDS dataset: use \"digits\" (embedded) or a "
+        "TFDS image dataset name such as \"mnist\", \"fashion_mnist\", \"cifar10\", "
+        "\"celeb_a\" (https://www.tensorflow.org/datasets/catalog).") from e
+  if builder.is_prepared():
+    return builder
+  where = builder.data_dir
+  if name in EMBEDDED_DATASETS:
+    logging.info("diffax.data: preparing %s in %s (no network needed).", name, where)
+    try:
+      builder.download_and_prepare()
+    except Exception:  # pylint: disable=broad-except
+      if not builder.is_prepared():  # Another process may have prepared it meanwhile.
+        raise
+    return builder
+  how = (f"prepare it where there is network with `tfds.builder({name!r}, "
+         f"data_dir={data_dir!r}).download_and_prepare()` (or copy a prepared "
+         f"{name}/ folder into the data_dir), or point config.data.data_dir at a data_dir that "
+         "has it")
+  if not config.data.get("download", True):
+    raise ValueError(f"Dataset {name!r} is not prepared in {where} (config.data.data_dir="
+                     f"{data_dir!r}) and config.data.download is False: {how}.")
+  logging.warning("diffax.data: dataset %r is not prepared in %s; downloading it now. Without "
+                  "network TFDS retries for minutes before it fails.", name, where)
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"Dataset {name!r} is not prepared in {where} (config.data.data_dir="
+                     f"{data_dir!r}) and downloading it failed ({type(e).__name__}: {e}). "
+                     f"To fix: {how}.") from e
+  return builder
+
+
+def _read(builder, split) -> tf.data.Dataset:
+  """Reads a split in the fixed order of its files; images stay encoded until preprocessing."""
+  options = tf.data.Options()
+  options.deterministic = True
+  read_config = tfds.ReadConfig(options=options, try_autocache=False)
+  return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def _cardinality(examples: tf.data.Dataset, data_config) -> int:
+  num_examples = int(examples.cardinality())
+  if num_examples < 0:
+    raise ValueError(f"Cannot tell the number of examples of split {data_config.split!r} of "
+                     f"{data_config.dataset!r}.")
+  return num_examples
+
+
+def _feature(features, key):
+  """features[key] of a TFDS FeaturesDict, or None."""
+  if isinstance(features, tfds.features.FeaturesDict) and key in features:
+    return features[key]
+  return None
+
+
+def _has_label(features) -> bool:
+  label = _feature(features, "label")
+  return label is not None and label.shape == () and np.issubdtype(label.np_dtype, np.integer)
+
+
+def _make_preprocess(features, data_config):
+  """Returns preprocess(example, flip_seed=None) -> {"image": f32 [S, S, C], "label": i32 []}.
+
+  Raises:
+    ValueError: when the dataset has no uint8 "image" feature, or on a bad image_size/channels.
+  """
+  name = data_config.dataset
+  image_feature = _feature(features, "image")
+  if not isinstance(image_feature, tfds.features.Image):
+    keys = sorted(features.keys()) if hasattr(features, "keys") else features
+    raise ValueError(f"Dataset {name!r} has no \"image\" Image feature (features: {keys}); "
+                     "diffax trains on image datasets.")
+  if image_feature.np_dtype != np.uint8:
+    raise ValueError(f"Dataset {name!r} has {image_feature.np_dtype} images; diffax reads "
+                     "uint8 images (0..255).")
+  size, channels = int(data_config.image_size), int(data_config.channels)
+  if size < 1:
+    raise ValueError(f"config.data.image_size must be positive; got {size}.")
+  if channels not in (1, 3):
+    raise ValueError(f"config.data.channels must be 1 or 3; got {channels}.")
+  source_channels = image_feature.shape[-1]
+  if (source_channels, channels) not in ((1, 1), (3, 3), (4, 3), (1, 3), (3, 1), (4, 1)):
+    raise ValueError(f"Dataset {name!r} has {source_channels}-channel images; cannot convert "
+                     f"them to config.data.channels={channels}.")
+  has_label = _has_label(features)
+
+  def preprocess(example, flip_seed=None):
+    image = image_feature.decode_example(example["image"])
+    image = _to_channels(tf.cast(image, tf.float32), source_channels, channels)
+    image = _resize(_center_crop(image), size)
+    image = tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+    if flip_seed is not None:
+      image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    image = tf.ensure_shape(image, (size, size, channels))
+    label = tf.cast(example["label"], tf.int32) if has_label else tf.zeros((), tf.int32)
+    return {"image": image, "label": label}
+
+  return preprocess
+
+
+def _to_channels(image, source_channels, channels):  # [h, w, c] -> [h, w, channels]
+  if source_channels == 4:
+    image, source_channels = image[..., :3], 3
+  if source_channels == channels:
+    return image
+  if channels == 1:
+    return tf.image.rgb_to_grayscale(image)
+  return tf.repeat(image, 3, axis=-1)
+
+
+def _center_crop(image):  # [h, w, c] -> [s, s, c], s = min(h, w)
+  height, width = image.shape[0], image.shape[1]
+  if height is not None and height == width:
+    return image
+  shape = tf.shape(image)
+  side = tf.minimum(shape[0], shape[1])
+  return tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2,
+                                       side, side)
+
+
+def _resize(image, size):  # [s, s, c] -> [size, size, c]; area to shrink, bilinear to enlarge
+  side = image.shape[0]
+  if side is not None:
+    if side == size:
+      return image
+    return tf.image.resize(image, (size, size), method="area" if side > size else "bilinear")
+  return tf.cond(
+      tf.shape(image)[0] > size,
+      lambda: tf.image.resize(image, (size, size), method="area"),
+      lambda: tf.image.resize(image, (size, size), method="bilinear"))
+
+
+def _load_all(examples, preprocess, data_config) -> Batch:
+  """Preprocesses a whole (finite) dataset into numpy arrays, unflipped, in its order."""
+  batches = (examples.map(preprocess, num_parallel_calls=_num_threads(data_config))
+             .batch(1024).with_options(_data_options(data_config)).as_numpy_iterator())
+  parts = list(batches)
+  return {key: np.concatenate([part[key] for part in parts]) for key in ("image", "label")}
+
+
+def _seed_key(seed, process_index) -> np.ndarray:
+  """Two 32-bit words from (seed, process_index): the root of every data random choice."""
+  words = np.random.SeedSequence([int(seed) % 2**63, process_index]).generate_state(2)
+  return words.astype(np.int64)  # [2]
+
+
+def _in_memory_batches(images, labels, *, seed_key, batch_size, start_step,
+                       random_flip) -> Iterator[Batch]:
+  """Yields batches gathered from in-memory arrays: images [N, H, W, C], labels [N].
+
+  Epoch e visits the examples in the permutation drawn from numpy's generator seeded with
+  (seed_key, e) and flips position i of the epoch when the same generator's i-th coin says so.
+  """
+  num_examples = len(images)
+  orders = {}  # epoch -> (permutation [N], flips [N]); holds the few epochs in use
+
+  def order(epoch):
+    if epoch not in orders:
+      rng = np.random.default_rng([*seed_key.tolist(), epoch])
+      orders[epoch] = (rng.permutation(num_examples), rng.random(num_examples) < 0.5)
+      for old in [e for e in orders if e < epoch - 1]:
+        del orders[old]
+    return orders[epoch]
+
+  step = start_step
+  while True:
+    positions = step * batch_size + np.arange(batch_size)
+    epochs, offsets = np.divmod(positions, num_examples)
+    index = np.empty(batch_size, np.int64)
+    flip = np.zeros(batch_size, bool)
+    for epoch in np.unique(epochs):
+      mask = epochs == epoch
+      permutation, flips = order(int(epoch))
+      index[mask] = permutation[offsets[mask]]
+      flip[mask] = flips[offsets[mask]] & random_flip
+    image = images[index]  # [B, H, W, C]
+    image[flip] = image[flip, :, ::-1]
+    yield {"image": image, "label": labels[index]}
+    step += 1
+
+
+def _streaming_batches(examples, preprocess, data_config, *, num_examples, seed_key,
+                       batch_size, start_step) -> Iterator[Batch]:
+  """Yields batches of a tf.data pipeline over endless, per-epoch shuffled copies of a shard.
+
+  Epoch e is shuffled with the seed drawn statelessly from fold_in(seed_key, e); its example at
+  position i is flipped with the stateless seed fold_in(fold_in(seed_key, e), i).
+  """
+  start_epoch, offset = divmod(start_step * batch_size, num_examples)
+  buffer_size = max(1, min(num_examples, int(data_config.shuffle_buffer)))
+  threads = _num_threads(data_config)
+  key = tf.constant(seed_key, tf.int64)
+  random_flip = bool(data_config.random_flip)
+
+  def epoch_examples(epoch):
+    epoch_key = tf.random.experimental.stateless_fold_in(key, epoch)
+    shuffle_seed = tf.random.stateless_uniform([], seed=epoch_key, minval=None, maxval=None,
+                                               dtype=tf.int64)
+    ds = examples.shuffle(buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate()
+    ds = ds.skip(tf.where(epoch == start_epoch, tf.constant(offset, tf.int64), 0))
+
+    def prepare(position, example):
+      flip_seed = (tf.random.experimental.stateless_fold_in(epoch_key, position)
+                   if random_flip else None)
+      return preprocess(example, flip_seed)
+
+    return ds.map(prepare, num_parallel_calls=threads)
+
+  ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_examples)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
+  yield from ds.with_options(_data_options(data_config)).as_numpy_iterator()
