@@ -51,17 +51,15 @@ is true (TFDS retries an unreachable network for minutes before it fails: the lo
 first); with download False it fails at once with a message that says how to prepare it.
 """
 
-import logging
 import os
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from diffax import datasets as _embedded_datasets  # Registers "digits" with TFDS.
-
-del _embedded_datasets
+from diffax import datasets as _datasets  # pylint: disable=unused-import  # registers "digits"
 
 # Shards whose preprocessed float32 images take at most this many bytes are held in memory.
 IN_MEMORY_MAX_BYTES = 256 * 2**20
@@ -210,7 +208,7 @@ def _configure_tensorflow(config) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
   except RuntimeError as e:
-    logging.warning("diffax.data: could not bound TensorFlow's thread pools: %s", e)
+    logging.info("diffax.data: could not bound TensorFlow's thread pools: %s", e)
 
 
 def _num_threads(data_config) -> int:

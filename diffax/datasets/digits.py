@@ -10,10 +10,10 @@ Features:
     (round half to even; the only tie is v = 8 -> 128).
   label: ClassLabel(10), the digit.
 
-Splits (in scikit-learn's order, each with every digit 27..33 times or more):
-  train: the first 1,500 images.
-  test: the last 297 images, held out for evaluation (likelihoods, sample quality).
-  Use "train+test" for all 1,797.
+Splits, cut in scikit-learn's order (TFDS then stores each split in its own shuffled order):
+  train: the first 1,500 images (each digit 146..153 times).
+  test: the last 297 images (each digit 27..33 times), held out for evaluation.
+  Use split "train+test" for all 1,797.
 
 Defining the class registers the name "digits" with TFDS (TFDS registers every builder subclass);
 `diffax.data` imports this module, so `tfds.builder("digits")` works once `diffax.data` is
