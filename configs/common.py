@@ -31,6 +31,9 @@ def base_config():
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: default
   c.data.shuffle_buffer = 10_000
   c.data.num_classes = 10       # labels in the dataset; conditioning uses model.num_classes
+  c.data.download = True        # let TFDS download a missing dataset (needs network)
+  c.data.in_memory = ml_collections.config_dict.placeholder(bool)  # None: by dataset size
+  c.data.num_threads = ml_collections.config_dict.placeholder(int)  # tf.data threads; None: auto
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"

@@ -26,6 +26,10 @@ class MetricWriter:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._tf = tf
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      # tf.summary.scalar lives in the separate `tensorboard` package; the core write op with
+      # the scalars plugin's metadata produces the same events without it.
+      self._scalar_metadata = tf.compat.v1.SummaryMetadata(
+          plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
 
   def write(self, step: int, scalars: dict) -> None:
     record = {"step": int(step)}
@@ -35,7 +39,8 @@ class MetricWriter:
     if self._tb is not None:
       with self._tb.as_default(step=int(step)):
         for k, v in scalars.items():
-          self._tf.summary.scalar(k, float(v))
+          self._tf.summary.write(k, self._tf.constant(float(v), self._tf.float32),
+                                 metadata=self._scalar_metadata)
       self._tb.flush()
 
   def close(self) -> None:

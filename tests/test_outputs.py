@@ -43,3 +43,18 @@ def test_metrics_jsonl_is_truncated_to_the_resume_step(tmp_path):
   assert records[-1]["loss"] == 2.5
   with open(tmp_path / "metrics.jsonl") as f:
     assert all(json.loads(line) for line in f)
+
+
+def test_tensorboard_events_hold_the_scalars(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with metric_writer.MetricWriter(str(tmp_path)) as w:
+    w.write(3, {"loss": 0.5})
+    w.write(6, {"loss": 0.25})
+  events = []
+  for path in (tmp_path / "tensorboard").iterdir():
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        assert value.metadata.plugin_data.plugin_name == "scalars"
+        events.append((event.step, value.tag, float(tf.make_ndarray(value.tensor))))
+  assert events == [(3, "loss", 0.5), (6, "loss", 0.25)]
