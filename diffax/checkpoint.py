@@ -1,0 +1,212 @@
+"""Checkpoints of the train state with Orbax: save (async), keep the last K, resume safely.
+
+Completeness. Orbax 0.12.8 writes a step into `<step>.orbax-checkpoint-tmp`, writes
+`commit_success.txt` into it when every file is written, and only then renames it to `<step>`
+(on GCS, where renames are not atomic, it writes into `<step>` and the commit file alone marks
+completion). A save killed midway therefore leaves either a tmp directory, which Orbax never
+lists as a step (and this module deletes on start-up), or, on object stores, a step directory
+without the commit file, which this module also skips. A step counts as complete only when
+Orbax lists it *and* it holds the commit file.
+
+Corruption. A complete-looking checkpoint can still be damaged later (a truncated or garbled
+file, a deleted one). `restore_or_init` tries the newest checkpoint first and, when it fails to
+restore, logs a warning naming its path and the error and falls back to the next older one.
+Checkpoints it had to skip are moved aside to `<step>.corrupt-<time>` (renamed, never deleted),
+so that new saves at those steps are not refused and do not count against `keep`. When
+checkpoints exist but none restores, it raises `CorruptCheckpointError` instead of silently
+training from scratch over them.
+"""
+
+import os
+import time
+from typing import Any, Callable, Optional, Union
+
+from absl import logging
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+# Written by Orbax 0.12.8 into every step directory as the last act of a save, before the
+# atomic rename (local disks) or as the sole completion marker (object stores).
+COMMIT_FILE = "commit_success.txt"
+
+
+class CorruptCheckpointError(ValueError):
+  """Checkpoints exist but none of them can be restored."""
+
+
+def _abstract(leaf):
+  """A restore target leaf: shape, dtype and sharding, no data."""
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    return leaf
+  return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
+
+
+class Checkpointer:
+  """Saves and restores `TrainState`s in `directory`, one subdirectory per step.
+
+  Example::
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    state = ckpt.restore_or_init(lambda: parallel.create_sharded_state(create, mesh, rng))
+    ...
+    ckpt.save(step, state)      # returns once the arrays are copied off the devices
+    ...
+    ckpt.close()                # waits for the last save to be written
+
+  Every process of a multi-host run must make the same calls.
+  """
+
+  def __init__(self, directory: Union[str, os.PathLike], *, keep: int = 3,
+               async_save: bool = True):
+    """Opens (creating if needed) a checkpoint directory.
+
+    Args:
+      directory: where the step directories live, e.g. `workdir/checkpoints`.
+      keep: how many of the newest checkpoints to keep (`config.train.keep_checkpoints`).
+      async_save: write checkpoints in a background thread; `save` then returns once the
+        arrays are on the host, and `wait_until_finished`/`close` wait for the write.
+    """
+    if keep < 1:
+      raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        # Tmp directories are what a killed save leaves behind; nobody else writes here.
+        cleanup_tmp_directories=True,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _is_committed(self, step: int) -> bool:
+    return (self.directory / str(step) / COMMIT_FILE).exists()
+
+  def all_steps(self) -> list[int]:
+    """The steps of every complete checkpoint, ascending (restorable or not)."""
+    return sorted(s for s in self._manager.all_steps() if self._is_committed(s))
+
+  def latest_step(self) -> Optional[int]:
+    """The newest complete checkpoint's step, or None."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state: PyTree, *, force: bool = False) -> bool:
+    """Saves `state` as checkpoint `step`, then deletes all but the newest `keep`.
+
+    The state may be donated to the next train step as soon as this returns.
+
+    Args:
+      step: the step number (normally `int(state.step)`).
+      state: the train state.
+      force: save even if Orbax's policy would skip this step.
+
+    Returns:
+      False if a checkpoint at `step` or later already exists (nothing is written), else True.
+    """
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def restore(self, target: PyTree, step: Optional[int] = None) -> PyTree:
+    """Restores checkpoint `step` (default: the newest) into the structure of `target`.
+
+    Args:
+      target: a pytree like the saved one whose leaves are arrays or `jax.ShapeDtypeStruct`s;
+        their shardings say where the restored arrays go (replicated for the train state).
+      step: which checkpoint; None for the newest complete one.
+
+    Returns:
+      The restored pytree. Errors from a damaged checkpoint propagate.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+    abstract = jax.tree.map(_abstract, target)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_or_init(self, init: Union[Callable[[], PyTree], PyTree]) -> PyTree:
+    """Resumes from the newest checkpoint that restores, or initializes when there is none.
+
+    Args:
+      init: either a function `() -> state` (it is traced with `jax.eval_shape` for the
+        restore target, so jit it with output shardings, as
+        `diffax.parallel.create_sharded_state` does, and it is only run when there is no
+        checkpoint), or a state / pytree of `jax.ShapeDtypeStruct`s to use as the target and
+        to return when there is no checkpoint.
+
+    Returns:
+      The restored state, or the initial one.
+
+    Raises:
+      CorruptCheckpointError: checkpoints exist but none restores; the message lists each
+        checkpoint's path and error.
+    """
+    target = jax.eval_shape(init) if callable(init) else init
+    listed = sorted(self._manager.all_steps())
+    broken = []  # (step, reason) of each checkpoint skipped, newest first
+    for step in reversed(listed):
+      path = self.directory / str(step)
+      if not self._is_committed(step):
+        reason = f"no {COMMIT_FILE}: the save did not finish"
+        logging.warning("checkpoint %s (step %d) is incomplete (%s); skipping it",
+                        path, step, reason)
+        broken.append((step, reason))
+        continue
+      try:
+        state = self.restore(target, step)
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        # Damage surfaces as many types (ValueError from TensorStore, JSONDecodeError,
+        # OSError, ...); every one of them means: this checkpoint cannot be used.
+        reason = f"{type(e).__name__}: {e}"
+        logging.warning("checkpoint %s (step %d) is corrupt and cannot be restored: %s; "
+                        "falling back to an older checkpoint", path, step, reason)
+        broken.append((step, reason))
+        continue
+      if broken:
+        self._move_aside([s for s, _ in broken])
+      logging.info("restored checkpoint %s (step %d)", path, step)
+      return state
+
+    if broken:
+      details = "\n".join(f"  {self.directory / str(s)}: {r}" for s, r in broken)
+      raise CorruptCheckpointError(
+          f"{self.directory} holds {len(broken)} checkpoint(s) but none can be restored "
+          f"(damaged, or saved from a different model/optimizer config); refusing to start "
+          f"training from scratch over them. Repair or remove them, or choose another "
+          f"workdir.\n{details}")
+    logging.info("no checkpoint in %s; initializing", self.directory)
+    return init() if callable(init) else init
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames unusable step directories so Orbax no longer lists them."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if ocp.multihost.is_primary_host(0):
+      for step in steps:
+        src = self.directory / str(step)
+        dst = self.directory / f"{step}.corrupt-{stamp}"
+        src.rename(dst)
+        logging.warning("moved unusable checkpoint %s aside to %s", src, dst)
+    # The barrier name must be the same on every process (so not the clock) and unique.
+    ocp.multihost.sync_global_processes(
+        "diffax_checkpoint_move_aside_" + "_".join(map(str, steps)))
+    self._manager.reload()
+
+  def wait_until_finished(self) -> None:
+    """Blocks until every pending save is completely written."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def from_config(config, workdir: Union[str, os.PathLike]) -> Checkpointer:
+  """The run's checkpointer: `workdir/checkpoints`, keeping `config.train.keep_checkpoints`."""
+  return Checkpointer(epath.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
