@@ -58,6 +58,18 @@ def create_train_state(
   )
 
 
+def ema_decay_at(step, decay):
+  """The EMA decay used at `step`: min(decay, (1 + step) / (10 + step)).
+
+  A warm-up, as in TensorFlow's ExponentialMovingAverage with `num_updates`: with a fixed
+  decay of 0.999 the average still holds 0.999^1000 = 37 % of the random initialization after
+  1,000 steps, and samples drawn from it early in a run are noise. The warm-up makes the average
+  track the recent params from the start and reach the configured decay after ~10/(1-decay) steps.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def ema_update(ema: PyTree, params: PyTree, decay) -> PyTree:
   """One step of the exponential moving average, ema' = decay * ema + (1 - decay) * params.
 

@@ -52,7 +52,8 @@ def make_train_step(
     loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` with a scalar loss and a dict of
       scalar metrics (see `diffax.losses.make_loss_fn`).
     tx: the optimizer (`diffax.optim.create_optimizer`).
-    config: the run config; reads `config.optim.ema_decay` and, when `lr_schedule` is None,
+    config: the run config; reads `config.optim.ema_decay` (warmed up, see
+      `train_state.ema_decay_at`) and, when `lr_schedule` is None,
       `config.optim.learning_rate` / `warmup_steps` for the logged learning rate.
     lr_schedule: the schedule `tx` follows, to log the learning rate; None rebuilds it from
       config.
@@ -83,7 +84,8 @@ def make_train_step(
     new_state = TrainState(
         step=state.step + 1,
         params=params,
-        ema_params=train_state_lib.ema_update(state.ema_params, params, ema_decay),
+        ema_params=train_state_lib.ema_update(
+            state.ema_params, params, train_state_lib.ema_decay_at(state.step, ema_decay)),
         opt_state=opt_state,
     )
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -141,10 +141,15 @@ def test_ema_after_one_step_is_exact():
   state = state.replace(ema_params={"w": jnp.array([10.0, -10.0, 0.0, 1.0])})
   ema_before = np.asarray(state.ema_params["w"])
   new_state, _ = STEP(state, BATCH, BASE_RNG)
-  d = CONFIG.optim.ema_decay
+  d = min(CONFIG.optim.ema_decay, 1 / 10)  # the warm-up at step 0
   expected = d * ema_before + (1 - d) * np.asarray(new_state.params["w"])
   np.testing.assert_allclose(new_state.ema_params["w"], expected, rtol=1e-6, atol=1e-7)
   assert int(new_state.step) == 1
+
+
+def test_ema_decay_warms_up_to_the_configured_decay():
+  decays = [float(train_state_lib.ema_decay_at(step, 0.999)) for step in (0, 10, 100, 20000)]
+  np.testing.assert_allclose(decays, [1 / 10, 11 / 20, 101 / 110, 0.999], rtol=1e-6)
 
 
 def test_metrics_are_scalars_with_grad_norm_and_learning_rate():
