@@ -1,7 +1,7 @@
 """The embedded default: 8x8 handwritten digits, no download, trains on a laptop CPU.
 
 The 1,797 digits that scikit-learn ships, as the TFDS dataset `digits` built into diffax.
-A small U-Net (about 1.5M parameters) learns them in a few minutes on 2 CPU cores.
+A small U-Net (0.76M parameters) learns them in under 10 minutes on 2 CPU cores.
 
 Run:
   python scripts/train.py --config=configs/digits.py --workdir=workdirs/digits
@@ -22,23 +22,23 @@ def get_config(arg=None):
   c.data.num_classes = 10
   c.data.shuffle_buffer = 2048
 
-  c.model.base_channels = 64
+  c.model.base_channels = 32
   c.model.channel_mult = (1, 2)
-  c.model.num_res_blocks = 2
+  c.model.num_res_blocks = 1
   c.model.attention_resolutions = (4,)
-  c.model.num_groups = 16
+  c.model.num_groups = 8
   c.model.dropout = 0.1
 
   c.diffusion.schedule = "cosine"
   c.diffusion.num_steps = 1000
   c.diffusion.prediction = "eps"
 
-  c.optim.learning_rate = 1e-3
+  c.optim.learning_rate = 2e-3
   c.optim.warmup_steps = 200
-  c.optim.ema_decay = 0.995
+  c.optim.ema_decay = 0.999
 
-  c.train.num_steps = 3000
-  c.train.batch_size = 128
+  c.train.num_steps = 3500
+  c.train.batch_size = 64
   c.train.log_every = 50
   c.train.checkpoint_every = 500
   c.train.sample_every = 1000

@@ -11,7 +11,7 @@ import jax  # pylint: disable=g-import-not-at-top
 
 NUM_CPU_DEVICES = 8
 jax.config.update("jax_num_cpu_devices", NUM_CPU_DEVICES)
-_CACHE = os.environ.get(
+_CACHE = os.environ.setdefault(  # exported, so scripts run by tests share the cache
     "DIFFAX_TEST_COMPILATION_CACHE",
     os.path.join(os.path.expanduser("~"), ".cache", "diffax", "jax_test_cache"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)

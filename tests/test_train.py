@@ -1,0 +1,210 @@
+"""End-to-end tests of the training pipeline: train, resume, survive kills, sample.
+
+One tiny model (the `smoke` variant of the digits config) serves every test, so the step
+compiles once and the persistent compilation cache serves the rest. conftest.py gives the
+process 8 fake CPU devices, so every run here is data-parallel over 8 devices.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import digits
+from diffax import data
+from diffax import generate
+from diffax import metric_writer
+from diffax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = digits.get_config("smoke")
+  c.train.log_every = 1
+  c.train.checkpoint_every = 10
+  c.train.num_steps = 20
+  c.train.batch_size = 16
+  c.sample.num_images = 8
+  c.sample.batch_size = 8
+  c.sample.num_steps = 5
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
+def subprocess_env():
+  """A script run like this process: 8 fake CPU devices and the tests' compilation cache."""
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+              DIFFAX_COMPILATION_CACHE=os.environ["DIFFAX_TEST_COMPILATION_CACHE"])
+
+
+def losses_by_step(workdir):
+  return {r["step"]: r["loss"] for r in metric_writer.read_metrics(str(workdir))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """20 uninterrupted steps: the run every resumed run must reproduce."""
+  workdir = tmp_path_factory.mktemp("reference")
+  state = train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir, state
+
+
+def test_run_writes_everything_a_user_looks_at(reference_run):
+  workdir, state = reference_run
+  assert int(state.step) == 20
+  losses = losses_by_step(workdir)
+  assert sorted(losses) == list(range(1, 21))
+  assert all(np.isfinite(v) for v in losses.values())
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+  assert (workdir / "config.json").exists()
+  assert os.listdir(workdir / "tensorboard")
+  grid = workdir / "samples" / "step_00000020.png"
+  assert grid.exists()
+  samples = np.load(grid.with_suffix(".npz"))["samples"]
+  assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
+
+
+def test_resumed_run_logs_identical_losses(reference_run, tmp_path):
+  workdir, _ = reference_run
+  train.train_and_evaluate(tiny_config(**{"train.num_steps": 10}), str(tmp_path))
+  assert sorted(losses_by_step(tmp_path)) == list(range(1, 11))
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  resumed, reference = losses_by_step(tmp_path), losses_by_step(workdir)
+  assert sorted(resumed) == list(range(1, 21))
+  for step in range(11, 21):
+    assert resumed[step] == reference[step], step
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
+  workdir, _ = reference_run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  newest = tmp_path / "checkpoints" / "20"
+  for root, _, files in os.walk(newest):
+    for name in files:
+      if name.startswith("manifest") or ".process_" in root:
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(7)
+  state = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert int(state.step) == 20
+  assert any(name.startswith("20.corrupt") for name in os.listdir(tmp_path / "checkpoints"))
+  resumed, reference = losses_by_step(tmp_path), losses_by_step(workdir)
+  for step in range(11, 21):
+    assert resumed[step] == reference[step], step
+
+
+def test_killed_run_restarts_and_matches(reference_run, tmp_path):
+  """kill -9 at an arbitrary step; the restart resumes and logs the reference losses."""
+  workdir, _ = reference_run
+  config_arg = f"--config={REPO}/configs/digits.py:smoke"
+  overrides = ["--config.train.log_every=1", "--config.train.checkpoint_every=10",
+               "--config.train.batch_size=16", "--config.sample.num_images=8",
+               "--config.sample.batch_size=8", "--config.sample.num_steps=5"]
+  env = subprocess_env()
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "train.py"), config_arg,
+         f"--workdir={tmp_path}"] + overrides
+  long_run = subprocess.Popen(cmd + ["--config.train.num_steps=2000"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while time.time() < deadline and long_run.poll() is None:
+    if max(losses_by_step(tmp_path), default=0) >= 12:
+      break
+    time.sleep(0.05)
+  assert long_run.poll() is None, long_run.stderr.read().decode()[-3000:]
+  long_run.send_signal(signal.SIGKILL)
+  long_run.wait()
+  assert long_run.returncode == -signal.SIGKILL
+
+  finish = subprocess.run(cmd + ["--config.train.num_steps=20"], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert finish.returncode == 0, finish.stderr[-3000:]
+  resumed, reference = losses_by_step(tmp_path), losses_by_step(workdir)
+  assert sorted(resumed) == list(range(1, 21))
+  np.testing.assert_allclose([resumed[s] for s in range(1, 21)],
+                             [reference[s] for s in range(1, 21)], rtol=1e-5)
+
+
+def test_sample_script_writes_png_and_npz(reference_run, tmp_path):
+  workdir, _ = reference_run
+  out = tmp_path / "grid.png"
+  env = subprocess_env()
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "sample.py"), f"--workdir={workdir}",
+       "--num_samples=6", "--sampler=ddpm", "--num_steps=4", f"--out={out}"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  samples = np.load(tmp_path / "grid.npz")["samples"]
+  assert samples.shape == (6, 8, 8, 1) and samples.dtype == np.float32
+  assert np.all(np.abs(samples) <= 1.0 + 1e-6)  # clip_x0 keeps DDPM's x0 estimates in range
+  assert out.exists()
+
+
+def test_nonfinite_loss_stops_without_saving(tmp_path, monkeypatch):
+  real = data.create_iterator
+
+  def poisoned(config, **kwargs):
+    for i, batch in enumerate(real(config, **kwargs)):
+      if i >= 3:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(data, "create_iterator", poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="step 4"):
+    train.train_and_evaluate(tiny_config(**{"train.checkpoint_every": 4}), str(tmp_path))
+  assert not os.listdir(tmp_path / "checkpoints")
+  assert max(losses_by_step(tmp_path)) == 3
+
+
+def test_mock_tfds_dataset_trains_and_resumes(tmp_path):
+  config = tiny_config(**{"data.dataset": "mnist", "train.num_steps": 4,
+                          "train.checkpoint_every": 2})
+  with tfds.testing.mock_data(num_examples=64):
+    train.train_and_evaluate(config, str(tmp_path))
+    with config.unlocked():
+      config.train.num_steps = 6
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 6
+  assert sorted(losses_by_step(tmp_path)) == list(range(1, 7))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("sample.sampler", "ddmi", "sample.sampler"),
+    ("diffusion.schedule", "quadratic", "diffusion.schedule"),
+    ("diffusion.prediction", "noise", "diffusion.prediction"),
+    ("diffusion.loss_weighting", "snr", "diffusion.loss_weighting"),
+    ("model.name", "dit", "model.name"),
+    ("data.dataset", "not_a_dataset", "not_a_dataset"),
+    ("train.batch_size", 12, "batch_size=12"),
+    ("train.num_steps", 0, "train.num_steps"),
+    ("sample.num_steps", 5000, "sample.num_steps"),
+])
+def test_bad_config_fails_before_anything_runs(tmp_path, key, value, match):
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
+  assert time.perf_counter() - start < 60  # guards against a network retry loop, not speed
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_configs_are_locked_and_complete():
+  from configs import cifar10_ddpm, mnist  # pylint: disable=g-import-not-at-top
+  for module in (digits, mnist, cifar10_ddpm):
+    c = module.get_config()
+    with pytest.raises(AttributeError, match="num_steps"):
+      c.train.nmu_steps = 1
+    for key in ("seed", "data.dataset", "data.image_size", "diffusion.schedule",
+                "diffusion.num_steps", "diffusion.prediction", "train.num_steps",
+                "train.batch_size", "train.log_every", "train.checkpoint_every",
+                "train.sample_every", "optim.learning_rate", "sample.sampler",
+                "sample.num_steps", "sample.eta"):
+      node = c
+      for part in key.split("."):
+        node = node[part]
