@@ -327,7 +327,7 @@ def test_spacings():
   np.testing.assert_array_equal(spacing.timesteps(T, T), np.arange(T)[::-1])
   for name in spacing.SPACINGS:
     for n in (1, 2, 7, 50, T):
-      ts = spacing.timesteps(T, n, name)
+      ts = spacing.timesteps(T, n, name, alphas_cumprod=AB)
       assert ts.dtype == np.int32 and len(ts) == n
       assert np.all(np.diff(ts) < 0) and ts.min() >= 0 and ts.max() < T
   assert spacing.timesteps(T, 1)[0] == T - 1
@@ -339,7 +339,7 @@ def test_spacings():
     (dict(num_steps=T + 1), "num_steps"),
     (dict(num_steps=2.5), "num_steps"),
     (dict(prediction="score"), "prediction"),
-    (dict(spacing="karras"), "spacing"),
+    (dict(spacing="cubic"), "spacing"),
     (dict(eta=-1.0), "eta"),
     (dict(shape=(0, 2)), "shape"),
 ])
