@@ -19,7 +19,8 @@ from diffax.schedules import Schedule
 
 def generalized_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array,
                      alpha_bar_prev: jax.Array, noise: jax.Array, *, eta=0.0,
-                     prediction: str = "eps", clip_x0: bool = False) -> jax.Array:
+                     prediction: str = "eps", clip_x0: bool = False,
+                     threshold=None) -> jax.Array:
   """One step of DDIM's generalized process (Song et al. 2021, eq. 12) from ab_t to ab_{t'}.
 
   Args:
@@ -31,11 +32,13 @@ def generalized_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Arr
     eta: the stochasticity, a float or a traced scalar; 0 deterministic, 1 DDPM-like.
     prediction: what the model predicts: "eps", "x0" or "v".
     clip_x0: clip the x0 estimate to [-1, 1] (see `driver.denoise`).
+    threshold: None, or the percentile of dynamic thresholding (see `driver.denoise`).
 
   Returns:
     x_{t'}, shaped like x_t.
   """
-  x0, eps = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0)
+  x0, eps = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
+                           threshold=threshold)
   sigma = (eta * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
            * jnp.sqrt(jnp.maximum(1.0 - alpha_bar / alpha_bar_prev, 0.0)))
   direction = jnp.sqrt(jnp.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps
@@ -71,14 +74,15 @@ def ddim_step(s: Schedule, model_output: jax.Array, t: jax.Array, t_prev: jax.Ar
                           clip_x0=clip_x0)
 
 
-def sampler(model_fn: Callable, *, eta=0.0, prediction: str = "eps",
-            clip_x0: bool = False) -> driver.Sampler:
-  """The DDIM sampler for `driver.run`; eta may be a traced scalar."""
+def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
+            threshold=None) -> driver.Sampler:
+  """The DDIM sampler for `driver.run`; eta (None: 0) may be a traced scalar."""
+  eta = 0.0 if eta is None else eta
 
   def step(x, inputs: driver.StepInput):
     output = driver.call_model(model_fn, x, inputs.t)
     noise = jax.random.normal(inputs.rng, x.shape, x.dtype)
     return generalized_step(output, x, inputs.alpha_bar, inputs.alpha_bar_prev, noise, eta=eta,
-                            prediction=prediction, clip_x0=clip_x0)
+                            prediction=prediction, clip_x0=clip_x0, threshold=threshold)
 
   return driver.Sampler(step)

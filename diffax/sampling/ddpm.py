@@ -19,7 +19,7 @@ from diffax.schedules import Schedule
 
 def ancestral_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array,
                    alpha_bar_prev: jax.Array, noise: jax.Array, *, prediction: str = "eps",
-                   clip_x0: bool = False) -> jax.Array:
+                   clip_x0: bool = False, threshold=None) -> jax.Array:
   """One draw from p(x_{t'} | x_t) = q(x_{t'} | x_t, x0_hat) (DDPM eq. 6-7, respaced).
 
   With beta' = 1 - ab_t / ab_{t'}:
@@ -35,11 +35,13 @@ def ancestral_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array
     noise: standard normal noise shaped like x_t.
     prediction: what the model predicts: "eps", "x0" or "v".
     clip_x0: clip the x0 estimate to [-1, 1] (see `driver.denoise`).
+    threshold: None, or the percentile of dynamic thresholding (see `driver.denoise`).
 
   Returns:
     x_{t'}, shaped like x_t.
   """
-  x0, _ = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0)
+  x0, _ = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
+                         threshold=threshold)
   one_minus_ab = 1.0 - alpha_bar
   beta = 1.0 - alpha_bar / alpha_bar_prev
   mean = (jnp.sqrt(alpha_bar_prev) * beta / one_minus_ab * x0
@@ -73,8 +75,8 @@ def ddpm_step(s: Schedule, model_output: jax.Array, t: jax.Array, x_t: jax.Array
                         clip_x0=clip_x0)
 
 
-def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps",
-            clip_x0: bool = False) -> driver.Sampler:
+def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
+            threshold=None) -> driver.Sampler:
   """The DDPM ancestral sampler for `driver.run`. `eta` is accepted and ignored (DDPM is DDIM's
   eta = 1 law already)."""
   del eta
@@ -83,6 +85,6 @@ def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps",
     output = driver.call_model(model_fn, x, inputs.t)
     noise = jax.random.normal(inputs.rng, x.shape, x.dtype)
     return ancestral_step(output, x, inputs.alpha_bar, inputs.alpha_bar_prev, noise,
-                          prediction=prediction, clip_x0=clip_x0)
+                          prediction=prediction, clip_x0=clip_x0, threshold=threshold)
 
   return driver.Sampler(step)

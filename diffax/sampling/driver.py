@@ -10,6 +10,10 @@ Everything that may change between calls without changing the program is data: t
 timesteps and alpha-bars is a traced scan input, rows past `num_active` are skipped with
 `lax.cond`, and a sampler's scalars (DDIM's eta) are traced values closed over by its step.
 The noise of step i is drawn from `fold_in(rng, i)`, never from a carried key.
+
+Every step is written in alpha-bars, so it works between any two noise levels. Samplers derived
+in EDM's coordinates (Karras et al. 2022: x = alpha (x_edm), sigma_edm = sqrt((1 - ab) / ab))
+convert at the step boundary (`edm_sigma`), so all carries hold the VP-scaled x_t.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -18,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax import diffusion
+from diffax.sampling import thresholding
 from diffax.schedules import Schedule
 
 
@@ -44,11 +49,24 @@ def _identity(x):
   return x
 
 
+def _replace(carry, x):
+  del carry
+  return x
+
+
 class Sampler(NamedTuple):
-  """A sampler as pure functions; `init` and `final` default to the identity (carry = x)."""
+  """A sampler as pure functions; `init`, `final`, `with_x`, `restart` default to carry = x.
+
+  `final(carry)` reads the current sample x_t out of any carry (not only the last one),
+  `with_x(carry, x)` puts a changed x_t back, and `restart(carry)` forgets what a multistep
+  solver remembers of earlier steps (its next step is first order); editing (inpainting) wraps
+  a step with these.
+  """
   step: Callable[[Any, StepInput], Any]
   init: Callable[[jax.Array], Any] = _identity
   final: Callable[[Any], jax.Array] = _identity
+  with_x: Callable[[Any, jax.Array], Any] = _replace
+  restart: Callable[[Any], Any] = _identity
 
 
 def make_table(s: Schedule, timesteps: jax.Array, num_active: Optional[jax.Array] = None) -> Table:
@@ -112,7 +130,8 @@ def call_model(model_fn: Callable, x: jax.Array, t: jax.Array) -> jax.Array:
 
 
 def denoise(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array, *,
-            prediction: str = "eps", clip_x0: bool = False) -> tuple[jax.Array, jax.Array]:
+            prediction: str = "eps", clip_x0: bool = False,
+            threshold=None) -> tuple[jax.Array, jax.Array]:
   """The (x0, eps) estimates of a model output at noise level alpha_bar.
 
   Args:
@@ -122,13 +141,26 @@ def denoise(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array, *,
     prediction: "eps", "x0" or "v".
     clip_x0: clip the x0 estimate to the data range [-1, 1] and recompute eps from it, so the
       pair stays consistent: x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps.
+    threshold: None, or the percentile p of Imagen's dynamic thresholding
+      (`thresholding.dynamic_threshold`), applied like clip_x0 (eps recomputed). Applied before
+      clip_x0 when both are set.
 
   Returns:
     `(x0, eps)`, each shaped like x_t.
   """
   alpha, sigma = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
   x0, eps = diffusion.x0_eps_from_output(model_output, x_t, alpha, sigma, prediction)
+  if threshold is not None:
+    x0 = thresholding.dynamic_threshold(x0, threshold)
   if clip_x0:
     x0 = jnp.clip(x0, -1.0, 1.0)
-    eps = diffusion.eps_from_x0(x_t, x0, alpha, sigma)
+  if clip_x0 or threshold is not None:
+    # At alpha-bar 1 (sigma 0) x_t is x0 itself; keep eps finite there.
+    eps = diffusion.eps_from_x0(x_t, x0, alpha, jnp.maximum(sigma, 1e-20))
   return x0, eps
+
+
+def edm_sigma(alpha_bar: jax.Array) -> jax.Array:
+  """EDM's noise level sqrt((1 - ab) / ab) of alpha-bar (Karras et al. 2022, table 1, VP column):
+  x_t = sqrt(ab) (x0 + sigma eps). 0 at alpha-bar 1."""
+  return jnp.sqrt((1.0 - alpha_bar) / alpha_bar)
