@@ -17,7 +17,6 @@ Attention is used at the levels whose resolution in pixels is in `attention_reso
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from diffax.models import layers
