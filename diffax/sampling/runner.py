@@ -162,7 +162,11 @@ class CompiledSampler:
       ts = np.asarray(timesteps)
       if not (np.all(np.diff(ts) < 0) and ts.min() >= 0 and ts.max() < T):
         raise ValueError(f"timesteps must be strictly decreasing within [0, {T}), got {ts}")
-    padded = jnp.zeros((self.max_steps,), jnp.int32).at[:n].set(jnp.asarray(timesteps, jnp.int32))
+    if _concrete(timesteps):  # on the host: no per-length scatter to compile
+      padded = np.zeros((self.max_steps,), np.int32)
+      padded[:n] = np.asarray(timesteps)
+    else:
+      padded = jnp.zeros((self.max_steps,), jnp.int32).at[:n].set(timesteps)
     return driver.make_table(self.schedule, padded, n)
 
   def knobs(self, *, num_steps: Optional[int] = None, timesteps=None,
