@@ -268,6 +268,7 @@ BAD_CONFIGS = [
     (dict(size=10, channel_mult=(1, 2, 2)), "config.data.image_size"),
     (dict(num_heads=3), "config.model.num_heads"),
     (dict(dropout=1.0), "config.model.dropout"),
+    (dict(dtype="float8"), "config.model.dtype"),
 ]
 
 

@@ -22,6 +22,9 @@ from diffax.models.unet import UNet
 # module(x_t, t, cond, train=...) that returns a float32 array shaped like x_t.
 MODELS = {"unet": unet.from_config}
 
+# Compute dtypes (config.model.dtype); parameters are float32 whatever this is.
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 def create(config, *, dtype=None) -> tuple[Callable, Callable]:
   """Builds the model named by config.model.name.
@@ -46,6 +49,8 @@ def create(config, *, dtype=None) -> tuple[Callable, Callable]:
     raise ValueError(f"unknown config.model.name {name!r}; choose one of {sorted(MODELS)}")
   if dtype is None:
     dtype = config.model.get("dtype", "float32")
+  if (dtype if isinstance(dtype, str) else jnp.dtype(dtype).name) not in DTYPES:
+    raise ValueError(f"unknown config.model.dtype {dtype!r}; choose one of {list(DTYPES)}")
   module = MODELS[name](config, dtype=jnp.dtype(dtype))
   size, channels = int(config.data.image_size), int(config.data.channels)
   num_classes = int(config.model.num_classes)
