@@ -209,11 +209,12 @@ class CompiledSampler:
     guidance_scale = 1.0 if guidance_scale is None else guidance_scale
     batch = spec.shape[0]
     if cond is not None:
+      if spec.null_label is not None and _concrete(cond):
+        labels = np.asarray(cond)
+        if labels.size and not (labels.min() >= 0 and labels.max() < spec.null_label):
+          raise ValueError(f"cond labels must lie in [0, null_label={spec.null_label}), got "
+                           f"{np.unique(labels)}")
       cond = jnp.broadcast_to(jnp.asarray(cond, jnp.int32), (batch,))
-      if spec.null_label is not None and _concrete(cond) and not (
-          0 <= int(cond.min()) and int(cond.max()) < spec.null_label):
-        raise ValueError(f"cond labels must lie in [0, null_label={spec.null_label}), got "
-                         f"{np.unique(np.asarray(cond))}")
     if (x_known is None) != (mask is None):
       raise ValueError("inpainting needs both x_known and mask")
     x_known = editing.broadcast_image("x_known", x_known, spec.shape)
