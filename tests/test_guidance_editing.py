@@ -93,6 +93,8 @@ def test_guidance_scale_0_is_unconditional_and_1_conditional():
   np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20, cond=LABELS, guidance_scale=1.0),
                              cond, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(cond - uncond)).max() > 0.5
+  with pytest.raises(ValueError, match="null_label"):
+    GUIDED.knobs(cond=np.full(B, K))  # the null label is not a class
   # Without labels a guided sampler draws the null label's (unconditional) samples.
   np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20), uncond, rtol=1e-5, atol=1e-5)
 

@@ -390,10 +390,15 @@ def test_make_sampler_validates_up_front(kwargs, match):
     (dict(strength=0.5), "init_image"),
     (dict(init_image=np.zeros(SHAPE), strength=0.0), "strength"),
     (dict(init_image=np.zeros((3, 3))), "init_image"),
+    (dict(x_known=np.zeros(SHAPE), mask=np.ones((3, 3), bool)), "mask"),
+    (dict(cond=np.zeros(B, np.int32)), None),  # labels without guidance go to the model
     (dict(x_known=np.zeros(SHAPE), mask=np.ones(SHAPE, bool), resample=0), "resample"),
     (dict(spacing="cubic"), "spacing"),
 ])
 def test_knobs_validate_up_front(kwargs, match):
+  if match is None:
+    COMPILED["ddim"].knobs(**kwargs)
+    return
   with pytest.raises(ValueError, match=match):
     COMPILED["ddim"].knobs(**kwargs)
 

@@ -108,3 +108,15 @@ def broadcast_image(name: str, image, shape) -> Optional[jax.Array]:
   except ValueError:
     raise ValueError(f"{name} of shape {image.shape} does not broadcast to the sample shape "
                      f"{tuple(shape)}") from None
+
+
+def broadcast_mask(mask, shape) -> jax.Array:
+  """A known-pixels mask as bool `shape`: bool as given, numbers as `> 0.5`."""
+  mask = jnp.asarray(mask)
+  if mask.dtype != jnp.bool_:
+    mask = mask > 0.5
+  try:
+    return jnp.broadcast_to(mask, shape)
+  except ValueError:
+    raise ValueError(f"mask of shape {mask.shape} does not broadcast to the sample shape "
+                     f"{tuple(shape)}") from None

@@ -219,9 +219,7 @@ class CompiledSampler:
       raise ValueError("inpainting needs both x_known and mask")
     x_known = editing.broadcast_image("x_known", x_known, spec.shape)
     if mask is not None:
-      mask = jnp.asarray(mask)
-      mask = editing.broadcast_image("mask", mask, spec.shape) > 0.5 if mask.dtype != bool else (
-          jnp.broadcast_to(mask, spec.shape))
+      mask = editing.broadcast_mask(mask, spec.shape)
       if isinstance(resample, bool) or not isinstance(resample, (int, np.integer, jax.Array)) or (
           _concrete(resample) and int(resample) < 1):
         raise ValueError(f"resample must be an int >= 1, got {resample!r}")
