@@ -4,7 +4,8 @@ the compile-once sampler, against closed forms.
 The data law is Gaussian, N(MU, STD^2) independently per pixel, so the exact noise predictor is
 known and the probability-flow ODE has a closed-form solution. In EDM's coordinates
 x_edm = x_t / alpha = x0 + sigma eps (sigma = sqrt((1 - ab) / ab)) the ODE is
-  dx_edm / dsigma = (x_edm - D(x_edm; sigma)) / sigma,   D = MU + STD^2 (x_edm - MU) / (STD^2 + sigma^2),
+  dx_edm / dsigma = (x_edm - D(x_edm; sigma)) / sigma,
+  D = MU + STD^2 (x_edm - MU) / (STD^2 + sigma^2),
 i.e. d(x_edm - MU) / dsigma = (x_edm - MU) sigma / (STD^2 + sigma^2), so x_edm - MU scales with
 sqrt(STD^2 + sigma^2). From x_T at sigma_first, the ODE reaches sigma_last at
   x_edm = MU + sqrt((STD^2 + sigma_last^2) / (STD^2 + sigma_first^2)) (x_T / alpha_first - MU),

@@ -29,7 +29,7 @@ static argument (compiled once per function object), `params` are traced. Under 
 
 import dataclasses
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
