@@ -77,8 +77,14 @@ def base_config():
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"         # see diffax.sampling.SAMPLERS
   c.sample.num_steps = 50
-  c.sample.eta = 0.0
+  c.sample.spacing = "linspace"     # see diffax.sampling.SPACINGS ("karras" for dpmpp_2m / heun)
+  # Stochasticity of ddim / euler_ancestral; None: the sampler's own default (0 for ddim, 1 for
+  # euler_ancestral).
+  c.sample.eta = ml_collections.config_dict.placeholder(float)
   c.sample.clip_x0 = True
+  c.sample.guidance_scale = 1.0     # classifier-free guidance: 0 uncond, 1 cond, > 1 guided
+  c.sample.class_label = -1         # conditional models: -1 draws labels i % num_classes
+  c.sample.threshold = 0.0          # Imagen dynamic thresholding percentile; 0 disables it
   c.sample.num_images = 64
   c.sample.batch_size = 64
   return c
