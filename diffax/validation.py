@@ -30,8 +30,9 @@ def validate_sampling(config) -> None:
   if config.sample.num_steps > config.diffusion.num_steps:
     raise ValueError(f"sample.num_steps={config.sample.num_steps} exceeds the "
                      f"diffusion.num_steps={config.diffusion.num_steps} the model was trained on")
-  if not 0.0 <= config.sample.eta:
-    raise ValueError(f"sample.eta must be >= 0, got {config.sample.eta}")
+  if config.sample.eta is not None and not 0.0 <= config.sample.eta:
+    raise ValueError(f"sample.eta must be >= 0 (or None: the sampler's default), got "
+                     f"{config.sample.eta}")
   _positive_int("sample.num_images", config.sample.num_images)
   _positive_int("sample.batch_size", config.sample.batch_size)
 

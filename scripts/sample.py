@@ -60,7 +60,7 @@ def main(argv):
                                                                config=config)
   sample_fn = generate.make_sample_fn(apply_fn, schedule, config, mesh=mesh,
                                       batch_size=config.sample.batch_size)
-  logging.info("step %d: %d images, %s, %d steps, eta %g", step, config.sample.num_images,
+  logging.info("step %d: %d images, %s, %d steps, eta %s", step, config.sample.num_images,
                config.sample.sampler, config.sample.num_steps, config.sample.eta)
   images = generate.generate(sample_fn, params, config.sample.num_images,
                              config.sample.batch_size, jax.random.key(_SEED.value))
