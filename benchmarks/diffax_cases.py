@@ -1,0 +1,152 @@
+"""The diffax side of each benchmark: a compiled sampler run and a compiled train step.
+
+Each case is built once (compiled through `lower().compile()`, so the compile time and XLA's
+cost analysis come with it) and then called as a blocking, argument-free callable, which is what
+`timing.interleave` times.
+"""
+
+import functools
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import limit
+from configs import cifar10_ddpm
+from diffax import losses
+from diffax import models
+from diffax import optim
+from diffax import parallel
+from diffax import sampling
+from diffax import schedules
+from diffax import train_state
+from diffax import train_step
+
+# Benchmark width name -> (config variant, model preset). Half width is about 9.0M parameters,
+# full width is DDPM's 35.7M CIFAR-10 network.
+WIDTHS = {"half": ("half", "ddpm_cifar10_half"), "full": (None, "ddpm_cifar10")}
+
+
+def config(width: str, batch_size: int = 128):
+  """The DDPM CIFAR-10 config (linear schedule, T = 1000, Adam 2e-4, EMA) at `width`."""
+  if width not in WIDTHS:
+    raise ValueError(f"unknown width {width!r}; choose one of {sorted(WIDTHS)}")
+  variant, preset = WIDTHS[width]
+  cfg = cifar10_ddpm.get_config(variant)
+  models.apply_preset(cfg, preset)
+  cfg.train.batch_size = batch_size
+  return cfg
+
+
+class Sampler:
+  """`diffax.sampling.sample` of one (sampler, batch, steps), with traced params.
+
+  Attributes:
+    compile_s: seconds to trace, lower and compile it (in this process; the persistent cache
+      may or may not be on, see run.py).
+    flops_per_eval: XLA's FLOPs for one model evaluation of the whole batch.
+    num_params: the model's parameter count.
+  """
+
+  def __init__(self, cfg, sampler: str, batch: int, steps: int, *, seed: int = 0,
+               dtype: Optional[str] = None):
+    init_fn, apply_fn = models.create(cfg, dtype=dtype)
+    self.params = jax.jit(init_fn)(jax.random.key(seed))
+    self.num_params = models.count_params(self.params)
+    schedule = schedules.from_config(cfg.diffusion)
+    size, channels = cfg.data.image_size, cfg.data.channels
+    shape = (batch, size, size, channels)
+    self.batch, self.steps = batch, steps
+    self.rng = jax.random.key(seed + 1)
+
+    def run(params, rng):
+      # A Partial keeps the params traced (not baked in as constants), as a training loop's
+      # periodic sampling would.
+      model_fn = jax.tree_util.Partial(apply_fn, params)
+      return sampling.sample(model_fn, schedule, shape, rng, sampler=sampler, num_steps=steps,
+                             clip_x0=True)
+
+    start = time.perf_counter()
+    self.compiled = jax.jit(run).lower(self.params, self.rng).compile()
+    self.compile_s = time.perf_counter() - start
+    x = jnp.zeros(shape, jnp.float32)
+    t = jnp.zeros((batch,), jnp.int32)
+    forward = jax.jit(lambda p, x, t: apply_fn(p, x, t)).lower(self.params, x, t).compile()
+    self.flops_per_eval = limit.flops(forward)
+
+  def __call__(self):
+    return self.compiled(self.params, self.rng).block_until_ready()
+
+
+def _random_batch(cfg, batch: int, seed: int):
+  rng = np.random.default_rng(seed)
+  size, channels = cfg.data.image_size, cfg.data.channels
+  return {"image": rng.uniform(-1, 1, (batch, size, size, channels)).astype(np.float32),
+          "label": rng.integers(0, 10, (batch,)).astype(np.int32)}
+
+
+def make_step(cfg, dtype: Optional[str] = None):
+  """(init_fn, tx, step): the pure train step of `cfg` as diffax.train wires it."""
+  init_fn, apply_fn = models.create(cfg, dtype=dtype)
+  loss_fn = losses.from_config(apply_fn, schedules.from_config(cfg.diffusion), cfg)
+  tx, lr_schedule = optim.create_optimizer(cfg)
+  return init_fn, tx, train_step.make_train_step(loss_fn, tx, cfg, lr_schedule)
+
+
+def scan_steps(step_fn, num_steps: int):
+  """`num_steps` train steps in one dispatch: a `lax.scan` of `step_fn` over stacked batches."""
+
+  def multi_step(state, batches, base_rng):
+    def body(state, batch):
+      return step_fn(state, batch, base_rng)
+    state, metrics = jax.lax.scan(body, state, batches)
+    return state, jax.tree.map(lambda m: m[-1], metrics)
+
+  return multi_step
+
+
+class TrainStep:
+  """One train step (forward, backward, clip, Adam, EMA) through `diffax.parallel` on 1 device.
+
+  With `steps_per_call` > 1, a call runs that many steps in one `lax.scan` dispatch over the
+  same batch repeated (an experiment: it amortises dispatch; the library runs one per call).
+
+  Attributes:
+    compile_s: seconds to trace, lower and compile the step.
+    flops: XLA's FLOPs of one call.
+    images_per_call: batch * steps_per_call.
+  """
+
+  def __init__(self, cfg, *, seed: int = 0, steps_per_call: int = 1, donate: bool = True,
+               dtype: Optional[str] = None):
+    batch = cfg.train.batch_size
+    init_fn, tx, step = make_step(cfg, dtype)
+    mesh = parallel.create_mesh(jax.devices()[:1])
+    self.state = parallel.create_sharded_state(
+        functools.partial(train_state.create_train_state, init_fn, tx), mesh,
+        jax.random.key(seed))
+    self.num_params = models.count_params(self.state.params)
+    host_batch = _random_batch(cfg, batch, seed)
+    if steps_per_call > 1:
+      step = scan_steps(step, steps_per_call)
+      host_batch = jax.tree.map(lambda x: np.stack([x] * steps_per_call), host_batch)
+      self.batch = jax.device_put(host_batch, parallel.replicated(mesh))
+      jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+    else:
+      self.batch = parallel.shard_batch(host_batch, mesh)
+      jitted = (parallel.compile_train_step(step, mesh) if donate
+                else jax.jit(step))
+    self.rng = parallel.replicate(jax.random.key(seed + 1), mesh)
+    self.images_per_call = batch * steps_per_call
+    start = time.perf_counter()
+    self.compiled = jitted.lower(self.state, self.batch, self.rng).compile()
+    self.compile_s = time.perf_counter() - start
+    self.flops = limit.flops(self.compiled)
+    if steps_per_call > 1:  # the scan body is counted once
+      self.flops *= steps_per_call
+
+  def __call__(self):
+    self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+    return jax.block_until_ready((self.state, metrics))

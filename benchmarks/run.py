@@ -1,0 +1,261 @@
+"""Runs the diffax benchmarks side by side with PyTorch diffusers; prints JSON lines and a table.
+
+  python benchmarks/run.py            # everything (tens of minutes on 2 cores)
+  python benchmarks/run.py --quick    # a smoke run of every part (about a minute)
+  python benchmarks/run.py --only train --train half:32 --reps 5 --out results.jsonl
+
+One JSON object per line on stdout: the machine, the matmul limit, then one record per measured
+configuration (diffax and the peer timed in alternating repetitions, their medians, the ratio of
+the two, FLOP/s and the fraction of the measured matmul rate), then the markdown table.
+See benchmarks/README.md for what is measured and how to read it.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script: make `benchmarks`, `configs` and `diffax` importable
+  sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+
+from benchmarks import compile_time
+from benchmarks import diffax_cases
+from benchmarks import limit
+from benchmarks import machine
+from benchmarks import table
+from benchmarks import timing
+
+PARTS = ("limit", "sampler", "train", "compile")
+FULL = dict(
+    sample=["ddim:1:50", "ddim:8:20", "ddim:64:10", "ddim:256:2", "ddpm:1:50", "ddpm:64:5"],
+    train=["half:32", "half:128", "full:32", "full:128"],
+    compile=["sampler:half:64", "train:half:32", "sampler:full:64", "train:full:32"],
+    reps=3, matmul_n=2048)
+QUICK = dict(sample=["ddim:1:10", "ddpm:4:4"], train=["half:4"], compile=["sampler:half:4"],
+             reps=2, matmul_n=1024)
+
+# XLA:CPU 0.10 hands convolutions to YNNPACK fusions by default, whose weight-gradient
+# convolutions run at ~7 GFLOP/s here; without them XLA uses its Eigen convolutions (see
+# README: train step 2x faster, sampling unchanged). Prepended to any XLA_FLAGS already set.
+RECOMMENDED_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+
+# The issue's targets, diffax relative to the peer measured in the same run.
+SAMPLE_TARGETS = {1: 2.0, 64: 1.0}
+TRAIN_TARGET = 1.2
+SMALL_BATCH = 8
+SMALL_TRAIN_BATCH = 32
+COMPILE_TARGETS = {"half": (30.0, 5.0)}
+
+
+def emit(record: dict, records: list, out) -> None:
+  records.append(record)
+  line = json.dumps(record, sort_keys=False)
+  print(line, flush=True)
+  if out:
+    out.write(line + "\n")
+    out.flush()
+
+
+def _side(times, images_per_call, flops_per_image, limit_flops, steps=None):
+  med = timing.median(times)
+  images_per_s = images_per_call / med
+  side = {"median_s": med, "times_s": [round(t, 4) for t in times],
+          "images_per_s": images_per_s}
+  if steps:
+    side.update(evals_per_s=images_per_s * steps, ms_per_step=1e3 * med / steps)
+  if flops_per_image and not math.isnan(flops_per_image):
+    gflops = images_per_s * flops_per_image / 1e9
+    side.update(gflop_per_image=flops_per_image / 1e9, gflops=gflops,
+                frac_matmul=gflops * 1e9 / limit_flops if limit_flops else None)
+  return side
+
+
+def _with_threads(fn, threads: int, default: int):
+  def call():
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
+    try:
+      return fn()
+    finally:
+      torch.set_num_threads(default)
+  return call
+
+
+def bench_sampler(spec: str, args, limit_flops, records, out):
+  name, batch, steps = spec.split(":")
+  batch, steps = int(batch), int(steps)
+  for width in args.widths:
+    cfg = diffax_cases.config(width)
+    ours = diffax_cases.Sampler(cfg, name, batch, steps)
+    cases = {"diffax": ours}
+    # At small batches PyTorch may do better on one thread (no OpenMP barrier per op); the
+    # peer is then timed both ways and its faster setting is the one compared.
+    peer_threads = sorted({args.torch_threads, 1} if batch <= SMALL_BATCH
+                          else {args.torch_threads}, reverse=True)
+    if args.peer:
+      from benchmarks import peer  # pylint: disable=g-import-not-at-top
+      theirs = peer.Sampler(width, name, batch, steps, channels_last=args.channels_last)
+      for n in peer_threads:
+        cases[f"peer_{n}t"] = _with_threads(theirs, n, args.torch_threads)
+    load = machine.load_average()
+    times = timing.interleave(cases, reps=args.reps, warmup=1, budget_s=args.budget_s)
+    flops_per_image = ours.flops_per_eval / batch * steps
+    record = {"bench": "sampler", "sampler": name, "width": width, "batch": batch,
+              "steps": steps, "load_average": load}
+    record["diffax"] = _side(times["diffax"], batch, flops_per_image, limit_flops, steps)
+    record["diffax"].update(compile_s=ours.compile_s, num_params=ours.num_params)
+    if args.peer:
+      best = min(peer_threads, key=lambda n: timing.median(times[f"peer_{n}t"]))
+      record["peer"] = _side(times[f"peer_{best}t"], batch, flops_per_image, limit_flops, steps)
+      record["peer"].update(num_params=theirs.num_params, channels_last=args.channels_last,
+                            torch_threads=best)
+      if len(peer_threads) > 1:
+        record["peer"]["median_s_by_threads"] = {
+            n: timing.median(times[f"peer_{n}t"]) for n in peer_threads}
+      record["ratio"] = timing.paired_ratio(times[f"peer_{best}t"], times["diffax"])
+      if name == "ddim" and batch in SAMPLE_TARGETS:
+        target = SAMPLE_TARGETS[batch]
+        record.update(target=f">= {target}x", met=record["ratio"] >= target)
+    emit(record, records, out)
+
+
+def bench_train(spec: str, args, limit_flops, records, out):
+  width, batch = spec.split(":")
+  batch = int(batch)
+  cfg = diffax_cases.config(width, batch)
+  ours = diffax_cases.TrainStep(cfg, steps_per_call=args.steps_per_call)
+  cases = {"diffax": ours}
+  peer_threads = sorted({args.torch_threads, 1} if batch <= SMALL_TRAIN_BATCH
+                        else {args.torch_threads}, reverse=True)
+  if args.peer:
+    from benchmarks import peer  # pylint: disable=g-import-not-at-top
+    theirs = peer.TrainStep(width, batch, channels_last=args.channels_last)
+    for n in peer_threads:
+      cases[f"peer_{n}t"] = _with_threads(theirs, n, args.torch_threads)
+  load = machine.load_average()
+  times = timing.interleave(cases, reps=args.reps, warmup=1, budget_s=args.budget_s)
+  flops_per_image = ours.flops / ours.images_per_call
+  record = {"bench": "train", "width": width, "batch": batch, "load_average": load}
+  record["diffax"] = _side(times["diffax"], ours.images_per_call, flops_per_image, limit_flops)
+  record["diffax"].update(compile_s=ours.compile_s, num_params=ours.num_params,
+                          steps_per_call=args.steps_per_call)
+  if args.peer:
+    best = min(peer_threads, key=lambda n: timing.median(times[f"peer_{n}t"]))
+    # Per image, so a diffax call of several scanned steps compares with one peer step.
+    record["peer"] = _side(times[f"peer_{best}t"], batch, flops_per_image, limit_flops)
+    record["peer"].update(num_params=theirs.num_params, channels_last=args.channels_last,
+                          torch_threads=best)
+    if len(peer_threads) > 1:
+      record["peer"]["median_s_by_threads"] = {
+          n: timing.median(times[f"peer_{n}t"]) for n in peer_threads}
+    per_image_peer = [t / batch for t in times[f"peer_{best}t"]]
+    per_image_ours = [t / ours.images_per_call for t in times["diffax"]]
+    record["ratio"] = timing.paired_ratio(per_image_peer, per_image_ours)
+    record.update(target=f">= {TRAIN_TARGET}x", met=record["ratio"] >= TRAIN_TARGET)
+  emit(record, records, out)
+
+
+def bench_compile(spec: str, args, records, out):
+  what, width, batch = spec.split(":")
+  result = compile_time.cold_and_warm(what, width, int(batch), steps=50)
+  record = {"bench": "compile", "what": what, "width": width, "batch": int(batch),
+            "cold_s": result["cold"]["total_s"], "warm_s": result["warm"]["total_s"],
+            "cold": result["cold"], "warm": result["warm"], "load_average": machine.load_average()}
+  if width in COMPILE_TARGETS:
+    cold, warm = COMPILE_TARGETS[width]
+    record.update(target=f"<= {cold:g} s cold, <= {warm:g} s warm",
+                  met=record["cold_s"] <= cold and record["warm_s"] <= warm)
+  emit(record, records, out)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true", help="a short smoke run of every part")
+  parser.add_argument("--only", default=",".join(PARTS),
+                      help=f"comma-separated parts to run, of {PARTS}")
+  parser.add_argument("--sample", nargs="*", help="sampler:batch:steps cases")
+  parser.add_argument("--train", nargs="*", help="width:batch cases (width half or full)")
+  parser.add_argument("--compile", nargs="*", help="sampler|train:width:batch cases")
+  parser.add_argument("--widths", default="half", help="sampler network widths: half,full")
+  parser.add_argument("--reps", type=int, help="timed repetitions per case (after 1 warm-up)")
+  parser.add_argument("--budget_s", type=float, default=300.0,
+                      help="fewer repetitions (at least 1) for a case whose rounds take longer "
+                           "than this in total")
+  parser.add_argument("--no_peer", dest="peer", action="store_false",
+                      help="skip PyTorch diffusers")
+  parser.add_argument("--torch_threads", type=int, default=os.cpu_count(),
+                      help="torch.set_num_threads (default: all cores, as XLA uses)")
+  parser.add_argument("--channels_last", action="store_true",
+                      help="run the peer in NHWC (channels_last) memory format")
+  parser.add_argument("--steps_per_call", type=int, default=1,
+                      help="diffax train steps per dispatch (lax.scan); 1 is the library's")
+  parser.add_argument("--xla_flags", default=RECOMMENDED_XLA_FLAGS,
+                      help="XLA_FLAGS for this run (\"\" for XLA's defaults); see README")
+  parser.add_argument("--matmul_n", type=int, help="size of the square matmul of the limit")
+  parser.add_argument("--out", help="also append the JSON lines to this file")
+  args = parser.parse_args(argv)
+  defaults = QUICK if args.quick else FULL
+  for key in ("sample", "train", "compile", "reps", "matmul_n"):
+    if getattr(args, key) is None:
+      setattr(args, key, defaults[key])
+  args.only = [p for p in args.only.split(",") if p]
+  unknown = sorted(set(args.only) - set(PARTS))
+  if unknown:
+    parser.error(f"--only: unknown parts {unknown}; choose from {PARTS}")
+  args.widths = [w for w in args.widths.split(",") if w]
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  # Read when JAX first touches its backend, which nothing has done yet.
+  if args.xla_flags:
+    os.environ["XLA_FLAGS"] = " ".join(
+        f for f in (args.xla_flags, os.environ.get("XLA_FLAGS", "")) if f)
+  if args.peer:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.set_num_threads(args.torch_threads)
+    except ImportError:
+      print("# PyTorch/diffusers not installed (pip install -e '.[bench]'): no peer",
+            file=sys.stderr)
+      args.peer = False
+  records = []
+  out = open(args.out, "a") if args.out else None  # pylint: disable=consider-using-with
+  try:
+    emit(machine.info(REPO), records, out)
+    limit_flops = None
+    if "limit" in args.only or "sampler" in args.only or "train" in args.only:
+      jax_rate = limit.jax_matmul_rate(args.matmul_n)
+      torch_rate = limit.torch_matmul_rate(args.matmul_n) if args.peer else None
+      limit_flops = max(jax_rate, torch_rate or 0.0)
+      emit({"bench": "limit", "n": args.matmul_n, "jax_gflops": jax_rate / 1e9,
+            "torch_gflops": torch_rate / 1e9 if torch_rate else None,
+            "limit_gflops": limit_flops / 1e9}, records, out)
+    if "sampler" in args.only:
+      for spec in args.sample:
+        bench_sampler(spec, args, limit_flops, records, out)
+    if "train" in args.only:
+      for spec in args.train:
+        bench_train(spec, args, limit_flops, records, out)
+    if "compile" in args.only:
+      for spec in args.compile:
+        bench_compile(spec, args, records, out)
+    emit({"bench": "end", "load_average": machine.load_average()}, records, out)
+  finally:
+    if out:
+      out.close()
+  print()
+  print(table.markdown(records))
+  return records
+
+
+if __name__ == "__main__":
+  main()
