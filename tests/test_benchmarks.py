@@ -1,0 +1,111 @@
+"""Tests of the benchmark plumbing (not of speed): FLOP counting, timing order, the scanned
+multi-step, the markdown table, and that the PyTorch peer is the same network as diffax's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import diffax_cases
+from benchmarks import limit
+from benchmarks import table
+from benchmarks import timing
+from configs import common
+from diffax import models
+from diffax import optim
+from diffax import train_state as train_state_lib
+from diffax import train_step as train_step_lib
+
+
+def test_flops_of_a_matmul_is_two_m_n_k():
+  m, k, n = 8, 16, 4
+  compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+  assert limit.flops(compiled) == pytest.approx(2 * m * n * k)
+
+
+def test_flops_count_a_scan_body_once():
+  # run.py multiplies a sampler's per-evaluation FLOPs by its steps because of this.
+  def looped(a, b):
+    return jax.lax.scan(lambda c, _: (c @ b, None), a, None, length=10)[0]
+  args = (jnp.ones((8, 8)), jnp.ones((8, 8)))
+  once = limit.flops(jax.jit(jnp.matmul).lower(*args).compile())
+  assert limit.flops(jax.jit(looped).lower(*args).compile()) == pytest.approx(once, rel=0.05)
+
+
+def test_interleave_alternates_abba_and_respects_the_budget():
+  calls = []
+  cases = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+  times = timing.interleave(cases, reps=4, warmup=1, pause=0.0)
+  assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+  assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
+  slow = {"a": lambda: timing.time.sleep(0.02)}
+  assert len(timing.interleave(slow, reps=50, budget_s=0.05, pause=0.0)["a"]) <= 2
+  assert timing.paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+
+def _toy_step():
+  config = common.base_config()
+  config.optim.warmup_steps = 0
+  config.optim.ema_decay = 0.5
+
+  def loss_fn(params, batch, rng):
+    noise = jax.random.normal(rng, batch["x"].shape)
+    loss = jnp.mean((params["w"] - batch["x"] - 0.1 * noise) ** 2)
+    return loss, {"loss": loss}
+
+  tx, lr = optim.create_optimizer(config)
+  init_fn = lambda rng: {"w": jax.random.normal(rng, (3,))}
+  step = train_step_lib.make_train_step(loss_fn, tx, config, lr)
+  return train_state_lib.create_train_state(init_fn, tx, jax.random.key(0)), step
+
+
+def test_scanned_steps_equal_the_same_steps_one_by_one():
+  state, step = _toy_step()
+  batch = {"x": jnp.arange(6.0).reshape(2, 3)}
+  rng = jax.random.key(1)
+  one = jax.jit(step)
+  expected = state
+  for _ in range(3):
+    expected, _ = one(expected, batch, rng)
+  stacked = jax.tree.map(lambda x: jnp.stack([x] * 3), batch)
+  got, metrics = jax.jit(diffax_cases.scan_steps(step, 3))(state, stacked, rng)
+  assert int(got.step) == 3
+  np.testing.assert_allclose(got.params["w"], expected.params["w"], rtol=1e-6)
+  np.testing.assert_allclose(got.ema_params["w"], expected.ema_params["w"], rtol=1e-6)
+  assert metrics["loss"].shape == ()
+
+
+def _records():
+  side = {"images_per_s": 2.0, "ms_per_step": 50.0, "gflops": 60.0, "frac_matmul": 0.5}
+  return [
+      {"bench": "machine", "cpu": "CPU", "cores": 2, "cpu_flags": ["avx2"], "jax": "0",
+       "torch": "1", "diffusers": "2", "date": "today", "commit": "abc", "load_average": [1.0]},
+      {"bench": "limit", "n": 64, "jax_gflops": 120.0, "torch_gflops": 100.0,
+       "limit_gflops": 120.0},
+      {"bench": "sampler", "sampler": "ddim", "width": "half", "batch": 1, "steps": 50,
+       "diffax": side, "peer": dict(side, images_per_s=1.0), "ratio": 2.0,
+       "target": ">= 2.0x"},
+      {"bench": "train", "width": "half", "batch": 32, "diffax": {"images_per_s": 9.0},
+       "peer": None},
+      {"bench": "compile", "what": "train", "width": "half", "batch": 32, "cold_s": 20.0,
+       "warm_s": 3.0, "target": "<= 30 s cold"},
+  ]
+
+
+def test_markdown_table_has_one_row_per_measurement():
+  text = table.markdown(_records())
+  rows = [line for line in text.splitlines() if line.startswith("| ")]
+  assert len(rows) == 1 + 3  # header + sampler, train, compile
+  assert "| sample ddim-50 | half, batch 1 | 2 img/s, 50 ms/step |" in text
+  assert "| 2.00x | >= 2.0x | 60 (50 %) |" in text
+  assert "cold 20 s, warm 3 s" in text
+  assert "limit used: 120 GFLOP/s" in text
+
+
+def test_the_peer_is_the_same_network():
+  peer = pytest.importorskip("benchmarks.peer", exc_type=ImportError)
+  # Half width only: building the 35.7M full-width peer takes many seconds; the widths share
+  # every layer type, so equal counts at one width and equal code at both suffice.
+  init_fn, _ = models.create(diffax_cases.config("half"))
+  ours = models.count_params(jax.eval_shape(init_fn, jax.random.key(0)))
+  assert peer.num_params(peer.unet("half")) == ours == 8_952_067
