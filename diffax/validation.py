@@ -33,6 +33,32 @@ def validate_sampling(config) -> None:
   if config.sample.eta is not None and not 0.0 <= config.sample.eta:
     raise ValueError(f"sample.eta must be >= 0 (or None: the sampler's default), got "
                      f"{config.sample.eta}")
+  _one_of("sample.spacing", config.sample.spacing, sampling.SPACINGS)
+  num_classes = config.model.num_classes
+  scale = config.sample.guidance_scale
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+    raise ValueError(f"sample.guidance_scale must be a number >= 0 (0 unconditional, 1 "
+                     f"conditional, > 1 guided), got {scale!r}")
+  if scale != 1 and not num_classes:
+    raise ValueError(f"sample.guidance_scale={scale} needs a class-conditional model "
+                     "(model.num_classes > 0, trained with train.label_dropout > 0 so that it "
+                     "also learned the unconditional model); an unconditional model allows only "
+                     "1")
+  if scale != 1 and not config.train.get("label_dropout", 0.0) > 0:
+    raise ValueError(f"sample.guidance_scale={scale} needs a model trained with "
+                     "train.label_dropout > 0: with 0 its null label (the unconditional model) "
+                     "was never trained; only 1 (conditional) is meaningful")
+  label = config.sample.class_label
+  if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < max(
+      num_classes, 0):
+    allowed = (f"-1 (image i gets i % {num_classes}) or 0 .. {num_classes - 1}" if num_classes
+               else "-1 (an unconditional model takes no label)")
+    raise ValueError(f"sample.class_label must be {allowed}, got {label!r}")
+  threshold = config.sample.threshold
+  if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+      0 <= threshold < 1):
+    raise ValueError(f"sample.threshold must lie in [0, 1): 0 disables dynamic thresholding, p "
+                     f"clips at the p-quantile of |x0| (Imagen: 0.995); got {threshold!r}")
   _positive_int("sample.num_images", config.sample.num_images)
   _positive_int("sample.batch_size", config.sample.batch_size)
 
