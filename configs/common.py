@@ -45,6 +45,8 @@ def base_config():
   c.model.dropout = 0.0
   c.model.num_groups = 32       # GroupNorm groups; must divide every channel count
   c.model.num_classes = 0       # 0: unconditional; k: labels 0..k-1 plus a null label k (CFG)
+  c.model.dtype = "float32"     # compute dtype: "float32" | "bfloat16" (params, optimizer
+                                # state and the loss stay float32 either way)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "cosine"   # "linear" | "cosine"
@@ -73,6 +75,23 @@ def base_config():
   c.train.keep_checkpoints = 3
   c.train.sample_every = 2000       # 0 disables sampling during training
   c.train.label_dropout = 0.0       # probability of replacing the label by the null label (CFG)
+  c.train.grad_accum_steps = 1      # k > 1: each step averages the gradients of k micro-batches
+                                    # of batch_size / k (lax.scan), then makes one update
+  c.train.nonfinite = "stop"        # NaN/inf loss or gradient: "stop" the run (nothing of that
+                                    # state is saved) | "skip" the update (logged: skipped_steps)
+
+  # Multi-host (TPU pods, several GPU hosts). Left as None, the first three come from
+  # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; with none of them set and
+  # cluster "", the run is a single process.
+  placeholder = ml_collections.config_dict.placeholder
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = placeholder(str)  # "host:port" of process 0
+  c.distributed.num_processes = placeholder(int)
+  c.distributed.process_id = placeholder(int)       # 0 .. num_processes - 1
+  c.distributed.cluster = ""        # "auto": JAX detects a Cloud TPU pod / Slurm / Open MPI job
+  c.distributed.initialization_timeout = 300  # seconds to wait for every process to join
+  c.distributed.heartbeat_timeout = 100  # seconds of silence after which a process counts as
+                                         # dead and every other process exits with an error
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"         # see diffax.sampling.SAMPLERS

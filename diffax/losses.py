@@ -58,6 +58,10 @@ def make_loss_fn(
     `loss_fn(params, batch, rng) -> (loss, aux)`, where batch holds `"image"` `[B, ...]` in
     [-1, 1] (and `"label"` `i32[B]` when conditional); loss is a scalar and aux a dict of
     scalar metrics: `loss`, `mse` (unweighted) and `mse_t0..3` (mean MSE per quarter of [0, T)).
+    An optional `"index"` `i32[B]` (added by `diffax.train_step`) gives each example's position
+    in the global batch: each example's t, noise and label-dropout coin then come from
+    `fold_in(rng', index)`, so a micro-batch of gradient accumulation draws exactly what its
+    examples draw in the whole batch. Without it the batch's values are drawn at once.
   """
   diffusion.check_prediction(prediction)
   snr_weight(jnp.ones(()), prediction, weighting, min_snr_gamma)  # validates `weighting` early
@@ -65,12 +69,28 @@ def make_loss_fn(
     raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout}")
   num_steps = schedule.num_steps
 
+  def draw_per_example(rng, index, example_shape, dtype):
+    """t, noise and the label-dropout coin of each example, keyed on its global position."""
+    def draw(key):
+      t_key, noise_key, drop_key = jax.random.split(key, 3)
+      return (jax.random.randint(t_key, (), 0, num_steps),
+              jax.random.normal(noise_key, example_shape, dtype),
+              jax.random.bernoulli(drop_key, label_dropout))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)  # [B]
+    return jax.vmap(draw)(keys)
+
   def loss_fn(params, batch, rng):
     x0 = batch["image"]  # [B, ...]
     batch_size = x0.shape[0]
     t_rng, noise_rng, drop_rng, model_rng = jax.random.split(rng, 4)
-    t = jax.random.randint(t_rng, (batch_size,), 0, num_steps)  # [B]
-    noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+    index = batch.get("index")  # i32[B] or None
+    if index is None:  # the whole batch's draws at once
+      t = jax.random.randint(t_rng, (batch_size,), 0, num_steps)  # [B]
+      noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+      drop = jax.random.bernoulli(drop_rng, label_dropout, (batch_size,))
+    else:  # per example, so that any split of the global batch draws the same values
+      t, noise, drop = draw_per_example(t_rng, index, x0.shape[1:], x0.dtype)
+      model_rng = jax.random.fold_in(model_rng, index[0])  # distinct dropout per micro-batch
     alpha, sigma = diffusion.alpha_sigma(schedule, t, x0)
     x_t = alpha * x0 + sigma * noise
 
@@ -78,7 +98,6 @@ def make_loss_fn(
     if num_classes:
       cond = batch["label"].astype(jnp.int32)  # [B]
       if label_dropout > 0:
-        drop = jax.random.bernoulli(drop_rng, label_dropout, (batch_size,))
         cond = jnp.where(drop, num_classes, cond)
 
     output = apply_fn(params, x_t, t, cond, train=True, rng=model_rng)
