@@ -8,6 +8,11 @@ lists as a step (and this module deletes on start-up), or, on object stores, a s
 without the commit file, which this module also skips. A step counts as complete only when
 Orbax lists it *and* it holds the commit file.
 
+Failed saves. A save that fails midway (a full disk, a lost mount) leaves at most an
+uncommitted tmp directory, so the previous checkpoint stays the newest complete one. The failure,
+which an async save reports only when the next save starts or when the manager waits, is raised
+as `CheckpointSaveError` naming the step that failed and the step a restart will resume from.
+
 Corruption. A complete-looking checkpoint can still be damaged later (a truncated or garbled
 file, a deleted one). `restore_or_init` tries the newest checkpoint first and, when it fails to
 restore, logs a warning naming its path and the error and falls back to the next older one.
@@ -35,6 +40,10 @@ COMMIT_FILE = "commit_success.txt"
 
 class CorruptCheckpointError(ValueError):
   """Checkpoints exist but none of them can be restored."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed (a full disk, lost permissions, ...); older ones are intact."""
 
 
 def _abstract(leaf):
@@ -79,6 +88,8 @@ class Checkpointer:
         cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._pending_step: Optional[int] = None  # the step of the newest save started
+    self._failed_step: Optional[int] = None   # the step whose save failed, once reported
 
   def _is_committed(self, step: int) -> bool:
     return (self.directory / str(step) / COMMIT_FILE).exists()
@@ -104,8 +115,31 @@ class Checkpointer:
 
     Returns:
       False if a checkpoint at `step` or later already exists (nothing is written), else True.
+
+    Raises:
+      CheckpointSaveError: this save, or the previous (async) one, failed to write.
     """
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    try:
+      saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # Orbax first waits for the previous async save, whose error would surface here.
+      previous = self._pending_step
+      failed = previous if previous is not None and not self._is_committed(previous) else step
+      raise self._save_error(failed, e) from e
+    if saved:
+      self._pending_step = step
+    return saved
+
+  def _save_error(self, step: Optional[int], error: Exception) -> CheckpointSaveError:
+    self._failed_step = step
+    latest = self.latest_step()
+    if latest is None:
+      previous = "There is no older complete checkpoint."
+    else:
+      previous = (f"The newest complete checkpoint, {self.directory / str(latest)}, is intact: "
+                  "a restart resumes from it (free disk space or fix the directory first).")
+    return CheckpointSaveError(f"saving checkpoint {self.directory / str(step)} failed: "
+                               f"{type(error).__name__}: {error}. {previous}")
 
   def restore(self, target: PyTree, step: Optional[int] = None) -> PyTree:
     """Restores checkpoint `step` (default: the newest) into the structure of `target`.
@@ -193,12 +227,37 @@ class Checkpointer:
     self._manager.reload()
 
   def wait_until_finished(self) -> None:
-    """Blocks until every pending save is completely written."""
-    self._manager.wait_until_finished()
+    """Blocks until every pending save is completely written.
+
+    Raises:
+      CheckpointSaveError: a pending save failed to write.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise self._save_error(self._pending_step, e) from e
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    """Waits for pending saves and releases the manager.
+
+    Raises:
+      CheckpointSaveError: a pending save failed to write (and was not reported before).
+    """
+    reported = self._failed_step is not None
+    try:
+      self.wait_until_finished()
+    except CheckpointSaveError:
+      if not reported:
+        raise
+    finally:
+      try:
+        self._manager.close()
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        if self._failed_step is None:
+          raise self._save_error(self._pending_step, e) from e
+        # The failed save again, reported by another of Orbax's threads.
+        logging.warning("closing the checkpoints in %s after the failed save of step %s: %s",
+                        self.directory, self._failed_step, e)
 
   def __enter__(self) -> "Checkpointer":
     return self
