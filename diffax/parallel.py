@@ -1,4 +1,5 @@
-"""Devices: the mesh, the shardings, batch placement, compiling the step, multi-host start-up.
+"""Devices and processes: the mesh, shardings, batch placement, compiling the step, multi-host
+start-up, and stopping every process at the same step on preemption.
 
 This is the only module that knows about devices. Data parallelism is `jax.jit` over a 1-D
 mesh with axis 'data': the train state is replicated (`P()`), the global batch is split along
@@ -11,6 +12,8 @@ numpy, and `shard_batch` assembles the global `jax.Array` from the slices.
 """
 
 import os
+import signal
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -162,27 +165,87 @@ def compile_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
   )
 
 
+def sync_processes(name: str, *, timeout_s: int = 1800) -> None:
+  """Waits until every process has called `sync_processes(name)`; a no-op with one process.
+
+  A barrier of the distributed runtime (coordination service), not a device collective, so
+  it may wait for as long as `timeout_s`. Collectives may not: on CPU, gloo gives up when the
+  processes reach a new collective more than 30 s apart.
+
+  Args:
+    name: the barrier's name, the same on every process and used once.
+    timeout_s: how long to wait for the others before failing.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  multihost.get_barrier_sync_fn()(key=f"diffax_{name}", timeout_ms=timeout_s * 1000)
+
+
+def compile_now(jitted: Callable, *args, name: str) -> Callable:
+  """Compiles `jitted` for `args` at once, then waits until every process has compiled it.
+
+  Processes of a multi-host run compile at different speeds: JAX's persistent cache serves
+  process 0 alone (only it writes entries; on CPU the other processes' keys differ), so process
+  0 can reach the step's first collective minutes ahead, longer than CPU collectives wait.
+  Compiling up front and meeting at a barrier removes that skew.
+
+  Args:
+    jitted: a `jax.jit`-wrapped function, e.g. from `compile_train_step`.
+    *args: example arguments (arrays with their shardings, or `jax.ShapeDtypeStruct`s).
+    name: names the barrier (unique per call).
+
+  Returns:
+    The compiled function; call it with arguments shaped and sharded like `args`.
+  """
+  compiled = jitted.lower(*args).compile()
+  sync_processes(f"compiled_{name}")
+  return compiled
+
+
 def initialize_distributed(
     coordinator_address: Optional[str] = None,
     num_processes: Optional[int] = None,
     process_id: Optional[int] = None,
+    *,
+    cluster: str = "",
+    initialization_timeout: int = 300,
+    heartbeat_timeout: int = 100,
 ) -> bool:
   """Joins JAX's distributed runtime when this process is one of several; else does nothing.
 
   Call it first, before anything touches a device. The runtime is started when
   - the arguments are given, or the environment sets `JAX_COORDINATOR_ADDRESS`,
     `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` (any launcher, e.g. several GPU hosts); or
-  - `DIFFAX_DISTRIBUTED=1`: JAX detects the cluster itself (Cloud TPU pods, Slurm, Open MPI).
+  - `cluster="auto"` or `DIFFAX_DISTRIBUTED=1`: JAX detects the cluster itself (Cloud TPU pods,
+    Slurm, Open MPI).
   Otherwise the run is single-process and nothing happens.
+
+  The runtime watches every process: one that sends no heartbeat for `heartbeat_timeout`
+  seconds (killed, crashed, its host gone) counts as dead, and every other process then exits
+  (SIGABRT) with "Terminating process because the JAX distributed service detected fatal
+  errors. This most likely indicates that another task died", instead of waiting forever in
+  the next collective. It also starts JAX's preemption service (see `PreemptionGuard`).
 
   Args:
     coordinator_address: `host:port` of process 0.
     num_processes: the number of processes.
     process_id: this process's index in `[0, num_processes)`.
+    cluster: "" (use the arguments / environment) or "auto" (let JAX detect the cluster).
+    initialization_timeout: seconds to wait for every process to join before failing.
+    heartbeat_timeout: seconds without a heartbeat after which a process counts as dead.
 
   Returns:
     True if the distributed runtime is (now) initialized.
   """
+  if cluster not in ("", "auto"):
+    raise ValueError(f"unknown config.distributed.cluster {cluster!r}; choose one of "
+                     "['', 'auto']")
+  for name, value in (("initialization_timeout", initialization_timeout),
+                      ("heartbeat_timeout", heartbeat_timeout)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.distributed.{name} must be an int >= 1 (seconds), got "
+                       f"{value!r}")
   if jax.distributed.is_initialized():
     return True
   env = os.environ
@@ -191,21 +254,104 @@ def initialize_distributed(
     num_processes = int(env["JAX_NUM_PROCESSES"])
   if process_id is None and env.get("JAX_PROCESS_ID"):
     process_id = int(env["JAX_PROCESS_ID"])
-  auto = env.get("DIFFAX_DISTRIBUTED", "").lower() in ("1", "true", "auto")
+  auto = cluster == "auto" or env.get("DIFFAX_DISTRIBUTED", "").lower() in ("1", "true", "auto")
   explicit = (coordinator_address, num_processes, process_id)
   if not auto and all(v is None for v in explicit):
     return False
   if not auto and any(v is None for v in explicit):
     raise ValueError(
-        "multi-host needs all of coordinator_address, num_processes and process_id (or "
-        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), got "
+        "multi-host needs all of coordinator_address, num_processes and process_id (config."
+        "distributed.*, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), got "
         f"{coordinator_address!r}, {num_processes!r}, {process_id!r}; or set "
-        "DIFFAX_DISTRIBUTED=1 to let JAX detect a TPU pod / Slurm / Open MPI cluster")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        "config.distributed.cluster=auto (or DIFFAX_DISTRIBUTED=1) to let JAX detect a TPU "
+        "pod / Slurm / Open MPI cluster")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=initialization_timeout,
+                             heartbeat_timeout_seconds=heartbeat_timeout)
   logging.info("distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   return True
+
+
+class PreemptionGuard:
+  """Turns SIGTERM and SIGINT into "stop at a step boundary that every process agrees on".
+
+  Example::
+
+    with parallel.PreemptionGuard() as guard:
+      for step in range(start, num_steps):
+        state = train_step(state, ...)
+        if guard.stop_requested(step + 1):   # same answer on every process
+          checkpointer.save(step + 1, state)
+          break
+
+  One process: handlers for SIGTERM and SIGINT record the signal, and `stop_requested` is True
+  from the next step boundary on. It costs a Python attribute read per step.
+
+  Several processes: a scheduler may signal only some of them (one preempted host), and they
+  must still all stop at the same step, or the collectives of the others would hang. JAX's
+  preemption service (started by `jax.distributed.initialize`) owns SIGTERM there: it passes
+  the notice to every process, and `multihost_utils.reached_preemption_sync_point` turns True on
+  all of them at the same step (one past the largest step any process had reached). Checking
+  it is a local flag read until a notice arrives. SIGINT is forwarded to it as SIGTERM.
+
+  In both cases a second SIGINT raises KeyboardInterrupt at once (when the save itself hangs).
+  Handlers are installed only from the main thread and restored on exit.
+  """
+
+  def __init__(self):
+    self.signal_name: Optional[str] = None  # the signal this process received, if any
+    self._multiprocess = jax.process_count() > 1
+    self._previous = {}
+    self._stop = False
+
+  def _handle(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if self.signal_name == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # the second Ctrl-C: stop without waiting for the step
+    self.signal_name = name
+    logging.warning("%s received: saving a checkpoint at the next step boundary and stopping",
+                    name)
+    if self._multiprocess and signum != signal.SIGTERM:
+      os.kill(os.getpid(), signal.SIGTERM)  # tell JAX's preemption service, hence every process
+
+  def __enter__(self) -> "PreemptionGuard":
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning("not in the main thread: SIGTERM/SIGINT will not stop training cleanly")
+      return self
+    # With several processes, JAX's preemption service has a C-level SIGTERM handler that a
+    # Python one would replace.
+    signums = [signal.SIGINT] if self._multiprocess else [signal.SIGTERM, signal.SIGINT]
+    for signum in signums:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def stop_requested(self, step: int) -> bool:
+    """Whether to save and stop after `step` (call it after every step, same steps everywhere).
+
+    Args:
+      step: the number of steps taken so far (`state.step`); increasing by one per call.
+
+    Returns:
+      True, on every process at the same `step`, once a stop was requested; it stays True.
+    """
+    if self._stop:
+      return True
+    if not self._multiprocess:
+      self._stop = self.signal_name is not None
+      return self._stop
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    self._stop = multihost_utils.reached_preemption_sync_point(step)
+    if self._stop and self.signal_name is None:
+      self.signal_name = "a preemption notice (SIGTERM)"
+    return self._stop
 
 
 def to_host(x: Any) -> Any:
