@@ -8,8 +8,6 @@ guidance and per-image inpainting (known pixels kept exactly).
 """
 
 import functools
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +17,7 @@ import pytest
 from sklearn import datasets as sk_datasets
 from sklearn import linear_model
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import digits_cond  # pylint: disable=g-import-not-at-top
+from configs import digits_cond
 from diffax import generate
 from diffax import losses
 from diffax import models

@@ -1,5 +1,6 @@
 """scripts/sample.py's editing inputs: PNG / .npz images read as [N, H, W, C] in [-1, 1] (masks as
-nonzero = known), clear errors on a size mismatch and on flags that need one another."""
+nonzero = known), clear errors on a size mismatch and on flags that need one another; and the
+sampling checks of `validation.validate_sampling` (field, value and what is allowed)."""
 
 import importlib.util
 import os
@@ -9,6 +10,10 @@ from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
+
+from configs import digits
+from configs import digits_cond
+from diffax import validation
 
 _SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
                        "sample.py")
@@ -73,3 +78,28 @@ def test_flag_combinations_fail_before_loading_anything(args, message):
       sample_script.main(["sample.py"])
   finally:
     flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("config_name, field, value, message", [
+    ("digits", "spacing", "karas", r"unknown sample.spacing 'karas'; choose one of \['karras'"),
+    ("digits", "guidance_scale", 3.0, r"guidance_scale=3.0 needs a class-conditional model"),
+    ("digits", "class_label", 3, r"class_label must be -1 \(an unconditional model"),
+    ("digits_cond", "class_label", 10, r"class_label must be -1 .* or 0 .. 9, got 10"),
+    ("digits_cond", "guidance_scale", -1.0, r"guidance_scale must be a number >= 0"),
+    ("digits_cond", "threshold", 1.0, r"threshold must lie in \[0, 1\)"),
+])
+def test_validate_sampling_names_field_and_allowed_values(config_name, field, value, message):
+  config = {"digits": digits, "digits_cond": digits_cond}[config_name].get_config()
+  validation.validate_sampling(config)  # the defaults are valid
+  config.sample[field] = value
+  with pytest.raises(ValueError, match=message):
+    validation.validate_sampling(config)
+
+
+def test_guidance_needs_label_dropout():
+  config = digits_cond.get_config()
+  config.train.label_dropout = 0.0
+  with pytest.raises(ValueError, match="train.label_dropout > 0"):
+    validation.validate_sampling(config)
+  config.sample.guidance_scale = 1.0  # plain conditional sampling needs no null label
+  validation.validate_sampling(config)
