@@ -159,15 +159,18 @@ class Checkpointer:
     abstract = jax.tree.map(_abstract, target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
-  def restore_or_init(self, init: Union[Callable[[], PyTree], PyTree]) -> PyTree:
+  def restore_or_init(self, init: Union[Callable[[], PyTree], PyTree], *,
+                      target: Optional[PyTree] = None) -> PyTree:
     """Resumes from the newest checkpoint that restores, or initializes when there is none.
 
     Args:
-      init: either a function `() -> state` (it is traced with `jax.eval_shape` for the
-        restore target, so jit it with output shardings, as
-        `diffax.parallel.create_sharded_state` does, and it is only run when there is no
-        checkpoint), or a state / pytree of `jax.ShapeDtypeStruct`s to use as the target and
-        to return when there is no checkpoint.
+      init: either a function `() -> state`, run only when there is no checkpoint, or a
+        state / pytree of `jax.ShapeDtypeStruct`s to return when there is none.
+      target: the restore target: `jax.ShapeDtypeStruct`s whose shardings say where the
+        restored arrays go (`diffax.parallel.abstract_state`). Default: `init` itself, or
+        `jax.eval_shape(init)` for a function, which carries no shardings, so each array goes
+        where it was when saved; that fails when the devices differ from the saving run's
+        (another number of devices or hosts). Give it to resume on any topology.
 
     Returns:
       The restored state, or the initial one.
@@ -176,7 +179,8 @@ class Checkpointer:
       CorruptCheckpointError: checkpoints exist but none restores; the message lists each
         checkpoint's path and error.
     """
-    target = jax.eval_shape(init) if callable(init) else init
+    if target is None:
+      target = jax.eval_shape(init) if callable(init) else init
     listed = sorted(self._manager.all_steps())
     broken = []  # (step, reason) of each checkpoint skipped, newest first
     for step in reversed(listed):

@@ -185,6 +185,9 @@ def test_mock_tfds_dataset_trains_and_resumes(tmp_path):
     ("train.batch_size", 12, "batch_size=12"),
     ("train.num_steps", 0, "train.num_steps"),
     ("sample.num_steps", 5000, "sample.num_steps"),
+    ("train.grad_accum_steps", 4, r"batch_size=16 must be a multiple of .*grad_accum_steps=4"),
+    ("model.dtype", "bf16", "model.dtype"),
+    ("train.nonfinite", "ignore", "train.nonfinite"),
 ])
 def test_bad_config_fails_before_anything_runs(tmp_path, key, value, match):
   start = time.perf_counter()

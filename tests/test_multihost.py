@@ -1,0 +1,228 @@
+"""Multi-host training for real: 2 processes x 2 CPU devices, talking over JAX's distributed
+runtime (gloo collectives), each reading its own half of the data.
+
+- They resume from a checkpoint of 1 process x 4 devices and log the losses that run logged,
+  fed the same global batches, up to float rounding; they gather samples from both.
+- SIGTERM to one of them stops both at the same step, with a checkpoint and exit code 0.
+- When one dies (kill -9), the other exits with an error that says so within seconds, instead of
+  waiting forever in the next collective.
+
+Training runs are `scripts/train.py`, as a user starts them. Run as a script, this file is
+either the 1-process reference (`reference ARGS`: scripts/train.py with each step's batch made of
+both processes' shards) or one of two processes doing collectives in a loop (`peer`).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+# A one-level U-Net: the smallest model that is still the real thing, so that it compiles fast.
+ARGS = [f"--config={REPO}/configs/digits.py:smoke", "--config.model.channel_mult=(1,)",
+        "--config.model.base_channels=8", "--config.train.batch_size=16",
+        "--config.train.log_every=1", "--config.sample.num_images=8", "--config.sample.batch_size=8",
+        "--config.sample.num_steps=2"]
+REFERENCE_STEPS, RESUME_AT = 40, 20
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(num_devices, **extra):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+             DIFFAX_COMPILATION_CACHE=os.environ["DIFFAX_TEST_COMPILATION_CACHE"],
+             PYTHONUNBUFFERED="1", **extra)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  return env
+
+
+def _losses(workdir):
+  from diffax import metric_writer  # pylint: disable=g-import-not-at-top
+  return {r["step"]: r["loss"] for r in metric_writer.read_metrics(str(workdir))}
+
+
+def _start(cmd, log_path, env):
+  """Starts `cmd` with its output going to `log_path` (a pipe nobody reads could fill up)."""
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+  proc.log_path = log_path
+  return proc
+
+
+def _output(proc, timeout):
+  """Waits for `proc` and returns what it printed."""
+  proc.wait(timeout=timeout)
+  with open(proc.log_path, encoding="utf-8") as f:
+    return f.read()
+
+
+def _start_pair(workdir, *args):
+  """Starts scripts/train.py as processes 0 and 1 of a 2-process run, 2 CPU devices each."""
+  common = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+  return [_start([sys.executable, TRAIN, f"--workdir={workdir}", *ARGS, *args],
+                 f"{workdir}.process_{i}.log", _env(2, JAX_PROCESS_ID=str(i), **common))
+          for i in range(2)]
+
+
+@pytest.fixture
+def cleanup():
+  """Kills what a failed test leaves running."""
+  procs = []
+  yield procs
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+def _wait_for_step(workdir, step, procs, timeout=240):
+  deadline = time.time() + timeout
+  while max(_losses(workdir), default=0) < step:
+    if any(p.poll() is not None for p in procs) or time.time() > deadline:
+      for p in procs:
+        p.kill()
+      logs = [_output(p, 60) for p in procs]
+      pytest.fail(f"the run did not reach step {step}:\n" + "\n".join(logs)[-4000:])
+    time.sleep(0.05)
+
+
+def test_two_processes_resume_match_one_and_stop_together_on_sigterm(tmp_path, cleanup):
+  one = tmp_path / "one_process"
+  reference = subprocess.run(
+      [sys.executable, __file__, "reference", f"--workdir={one}", *ARGS,
+       f"--config.train.checkpoint_every={RESUME_AT}",
+       f"--config.train.num_steps={REFERENCE_STEPS}"],
+      env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+  assert reference.returncode == 0, reference.stdout[-4000:]
+  expected = _losses(one)
+
+  # The 2-process run resumes from the 1-process run's checkpoint (restored by 2 processes),
+  # draws samples once (gathered from both), and is preempted through one process.
+  two = tmp_path / "two_processes"
+  shutil.copytree(one / "checkpoints" / str(RESUME_AT), two / "checkpoints" / str(RESUME_AT))
+  procs = _start_pair(two, "--config.train.checkpoint_every=1000",
+                      "--config.train.num_steps=2000",
+                      f"--config.train.sample_every={RESUME_AT + 2}")
+  cleanup.extend(procs)
+  _wait_for_step(two, RESUME_AT + 3, procs)
+  procs[1].send_signal(signal.SIGTERM)  # the non-chief: process 0 learns it from the runtime
+  outs = [_output(p, 120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)[-4000:]
+  losses = _losses(two)
+  stopped = max(losses)
+  assert sorted(losses) == list(range(RESUME_AT + 1, stopped + 1))
+  assert f"resuming {two} at step {RESUME_AT}" in outs[0]
+  assert "4 device(s) in 2 process(es), batch 16 (8 per process" in outs[0]
+  for out in outs:  # both stopped there (tqdm and log lines share the stream)
+    assert f"stopped at step {stopped} of 2000" in out, out[-3000:]
+  assert sorted(map(int, os.listdir(two / "checkpoints"))) == [RESUME_AT, stopped]
+  assert (two / "samples" / f"step_{RESUME_AT + 2:08d}.png").exists()
+
+  assert stopped <= REFERENCE_STEPS, f"stopped late, at step {stopped}"
+  steps = range(RESUME_AT + 1, stopped + 1)
+  np.testing.assert_allclose([losses[s] for s in steps], [expected[s] for s in steps],
+                             rtol=2e-5)
+  assert expected[REFERENCE_STEPS] < expected[1]  # it trains
+
+
+@pytest.mark.parametrize("victim", [1, 0])  # 0 also runs the coordination service
+def test_a_dead_process_stops_the_other_with_a_clear_error(victim, cleanup):
+  """Two processes in a loop of collectives (`peer` below); one is killed mid-run."""
+  env = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+  procs = [subprocess.Popen([sys.executable, __file__, "peer"],
+                            env=_env(2, JAX_PROCESS_ID=str(i), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  cleanup.extend(procs)
+  for p in procs:  # both are in the loop
+    for line in p.stdout:
+      if line.startswith("ready"):
+        break
+    else:
+      pytest.fail(f"a peer did not start: rc {p.wait()}")
+  procs[victim].send_signal(signal.SIGKILL)
+  killed = time.time()
+  survivor = procs[1 - victim]
+  try:
+    out = survivor.communicate(timeout=120)[0]
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"process {1 - victim} still runs 120 s after process {victim} died")
+  assert survivor.returncode not in (0, None)
+  assert "another task died" in out, out[-4000:]
+  print(f"process {1 - victim} exited {time.time() - killed:.1f} s after process {victim} "
+        "was killed")
+
+
+def test_config_reaches_the_distributed_runtime(monkeypatch):
+  """config.distributed overrides the environment and sets JAX's timeouts."""
+  sys.path.insert(0, REPO)
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  from diffax import train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  config = digits.get_config()
+  config.distributed.process_id = 2
+  config.distributed.heartbeat_timeout = 7
+  assert train.initialize_distributed(config)
+  assert calls == [(("10.0.0.1:1234", 4, 2),
+                    {"initialization_timeout": 300, "heartbeat_timeout_seconds": 7})]
+  config.distributed.heartbeat_timeout = 0
+  with pytest.raises(ValueError, match="distributed.heartbeat_timeout"):
+    train.initialize_distributed(config)
+
+
+def _reference_main(argv):
+  """scripts/train.py in 1 process, each step's batch the two processes' shards in order."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, REPO)
+  from diffax import data  # pylint: disable=g-import-not-at-top
+  real = data.create_iterator
+
+  def both_shards(config, *, start_step=0, process_index=None, process_count=None):
+    assert (process_index, process_count) == (0, 1)
+    shards = [real(config, start_step=start_step, process_index=p, process_count=2)
+              for p in range(2)]
+    for parts in zip(*shards):
+      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  data.create_iterator = both_shards
+  sys.argv = [TRAIN] + argv
+  runpy.run_path(TRAIN, run_name="__main__")
+
+
+def _peer_main():
+  """A process of a 2-process run doing collectives until something stops it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from diffax import parallel  # pylint: disable=g-import-not-at-top
+  assert parallel.initialize_distributed(heartbeat_timeout=5)
+  mesh = parallel.create_mesh()
+  total = jax.jit(lambda x: x.sum(), out_shardings=parallel.replicated(mesh))
+  for i in range(100_000):
+    assert float(total(parallel.shard_batch(np.ones(2, np.float32), mesh))) == 4.0
+    if i == 10:
+      print("ready", flush=True)
+    time.sleep(0.01)
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "reference":
+    _reference_main(sys.argv[2:])
+  else:
+    assert sys.argv[1] == "peer"
+    _peer_main()
