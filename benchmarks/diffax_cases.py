@@ -26,6 +26,10 @@ from diffax import train_step
 
 # Benchmark width name -> (config variant, model preset). Half width is about 9.0M parameters,
 # full width is DDPM's 35.7M CIFAR-10 network.
+# XLA:CPU compiler option that keeps convolutions out of YNNPACK fusions (XLA's Eigen
+# convolutions instead); see README.
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
 WIDTHS = {"half": ("half", "ddpm_cifar10_half"), "full": (None, "ddpm_cifar10")}
 
 
@@ -43,6 +47,9 @@ def config(width: str, batch_size: int = 128):
 class Sampler:
   """`diffax.sampling.sample` of one (sampler, batch, steps), with traced params.
 
+  `compiler_options` are XLA debug options for this program alone (e.g.
+  `NO_YNN`), where XLA_FLAGS would set them for the whole process.
+
   Attributes:
     compile_s: seconds to trace, lower and compile it (in this process; the persistent cache
       may or may not be on, see run.py).
@@ -51,7 +58,7 @@ class Sampler:
   """
 
   def __init__(self, cfg, sampler: str, batch: int, steps: int, *, seed: int = 0,
-               dtype: Optional[str] = None):
+               dtype: Optional[str] = None, compiler_options: Optional[dict] = None):
     init_fn, apply_fn = models.create(cfg, dtype=dtype)
     self.params = jax.jit(init_fn)(jax.random.key(seed))
     self.num_params = models.count_params(self.params)
@@ -69,7 +76,7 @@ class Sampler:
                              clip_x0=True)
 
     start = time.perf_counter()
-    self.compiled = jax.jit(run).lower(self.params, self.rng).compile()
+    self.compiled = jax.jit(run).lower(self.params, self.rng).compile(compiler_options)
     self.compile_s = time.perf_counter() - start
     x = jnp.zeros(shape, jnp.float32)
     t = jnp.zeros((batch,), jnp.int32)
@@ -120,7 +127,7 @@ class TrainStep:
   """
 
   def __init__(self, cfg, *, seed: int = 0, steps_per_call: int = 1, donate: bool = True,
-               dtype: Optional[str] = None):
+               dtype: Optional[str] = None, compiler_options: Optional[dict] = None):
     batch = cfg.train.batch_size
     init_fn, tx, step = make_step(cfg, dtype)
     mesh = parallel.create_mesh(jax.devices()[:1])
@@ -141,7 +148,7 @@ class TrainStep:
     self.rng = parallel.replicate(jax.random.key(seed + 1), mesh)
     self.images_per_call = batch * steps_per_call
     start = time.perf_counter()
-    self.compiled = jitted.lower(self.state, self.batch, self.rng).compile()
+    self.compiled = jitted.lower(self.state, self.batch, self.rng).compile(compiler_options)
     self.compile_s = time.perf_counter() - start
     self.flops = limit.flops(self.compiled)
     if steps_per_call > 1:  # the scan body is counted once

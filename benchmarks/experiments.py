@@ -4,7 +4,7 @@ Each experiment times two variants in alternating repetitions in one process and
 JSON line with both medians and their ratio. XLA flag experiments need a process per flag set:
 see flags_ab.py.
 
-  python benchmarks/experiments.py scan_steps bf16 baked_params peer_layout
+  python benchmarks/experiments.py ynn scan_steps bf16 baked_params peer_layout
 """
 
 import argparse
@@ -103,7 +103,28 @@ def peer_layout(reps):
   return out
 
 
-EXPERIMENTS = {"scan_steps": scan_steps, "bf16": bf16, "baked_params": baked_params,
+def ynn(reps):
+  """XLA:CPU's YNNPACK convolution fusions (its default) vs XLA's Eigen convolutions, per
+  program through compiler options: train half batch 32, DDIM at batch 1 and 64."""
+  out = []
+  no_ynn = diffax_cases.NO_YNN
+  cfg = diffax_cases.config("half", 32)
+  a, b = diffax_cases.TrainStep(cfg), diffax_cases.TrainStep(cfg, compiler_options=no_ynn)
+  times = timing.interleave({"YNN (default)": a, "no YNN": b}, reps=reps)
+  out.append(_report("ynn", "train half batch 32", times, {"YNN (default)": 32, "no YNN": 32},
+                     note=f"compile {a.compile_s:.1f} s vs {b.compile_s:.1f} s"))
+  for batch, steps in ((1, 10), (64, 2)):
+    cfg = diffax_cases.config("half")
+    a = diffax_cases.Sampler(cfg, "ddim", batch, steps)
+    b = diffax_cases.Sampler(cfg, "ddim", batch, steps, compiler_options=no_ynn)
+    times = timing.interleave({"YNN (default)": a, "no YNN": b}, reps=reps)
+    out.append(_report("ynn", f"sample ddim-{steps} half batch {batch}", times,
+                       {"YNN (default)": batch, "no YNN": batch},
+                       note=f"compile {a.compile_s:.1f} s vs {b.compile_s:.1f} s"))
+  return out
+
+
+EXPERIMENTS = {"ynn": ynn, "scan_steps": scan_steps, "bf16": bf16, "baked_params": baked_params,
                "peer_layout": peer_layout}
 
 
@@ -113,11 +134,11 @@ def main():
   parser.add_argument("names", nargs="*", default=list(EXPERIMENTS),
                       help=f"experiments to run, of {sorted(EXPERIMENTS)}")
   parser.add_argument("--reps", type=int, default=5)
-  parser.add_argument("--xla_flags", default=None,
-                      help="XLA_FLAGS (default: run.py's recommended flags)")
+  parser.add_argument("--xla_flags", default="",
+                      help="XLA_FLAGS for the process (default: XLA's own; the ynn experiment "
+                           "sets its option per program)")
   args = parser.parse_args()
-  from benchmarks import run  # pylint: disable=g-import-not-at-top
-  flags = run.RECOMMENDED_XLA_FLAGS if args.xla_flags is None else args.xla_flags
+  flags = args.xla_flags
   if flags:
     os.environ["XLA_FLAGS"] = " ".join(f for f in (flags, os.environ.get("XLA_FLAGS", "")) if f)
   print(json.dumps(machine.info(REPO)), flush=True)

@@ -248,7 +248,13 @@ def main(argv=None):
     if "compile" in args.only:
       for spec in args.compile:
         bench_compile(spec, args, records, out)
-    emit({"bench": "end", "load_average": machine.load_average()}, records, out)
+    end = {"bench": "end", "load_average": machine.load_average()}
+    if limit_flops:
+      # The matmul rate again: under shifting load the start alone can under-state the limit.
+      end.update(jax_gflops=limit.jax_matmul_rate(args.matmul_n) / 1e9,
+                 torch_gflops=(limit.torch_matmul_rate(args.matmul_n) / 1e9
+                               if args.peer else None))
+    emit(end, records, out)
   finally:
     if out:
       out.close()

@@ -60,6 +60,10 @@ def markdown(records: list[dict]) -> str:
       lines.append(f"fp32 matmul {r['n']}x{r['n']}: jax {r['jax_gflops']:.3g} GFLOP/s, torch "
                    f"{_fmt(r.get('torch_gflops'))} GFLOP/s; limit used: "
                    f"{r['limit_gflops']:.3g} GFLOP/s")
+    elif r.get("bench") == "end" and "jax_gflops" in r:
+      lines.append(f"fp32 matmul again at the end: jax {r['jax_gflops']:.3g} GFLOP/s, torch "
+                   f"{_fmt(r.get('torch_gflops'))} GFLOP/s; load average "
+                   f"{'/'.join(str(x) for x in r.get('load_average', []))}")
   lines += ["", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
   for r in records:
     if r.get("bench") in ("sampler", "train", "compile"):
