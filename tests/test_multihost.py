@@ -7,9 +7,9 @@ runtime (gloo collectives), each reading its own half of the data.
 - When one dies (kill -9), the other exits with an error that says so within seconds, instead of
   waiting forever in the next collective.
 
-Training runs are `scripts/train.py`, as a user starts them. Run as a script, this file is
-either the 1-process reference (`reference ARGS`: scripts/train.py with each step's batch made of
-both processes' shards) or one of two processes doing collectives in a loop (`peer`).
+The 2-process runs are `scripts/train.py`, as a user starts them; the 1-process reference runs
+in this process on 4 of its 8 devices. Run as a script (`peer`), this file is one of two
+processes doing collectives in a loop.
 """
 
 import os
@@ -26,10 +26,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 # A one-level U-Net: the smallest model that is still the real thing, so that it compiles fast.
-ARGS = [f"--config={REPO}/configs/digits.py:smoke", "--config.model.channel_mult=(1,)",
-        "--config.model.base_channels=8", "--config.train.batch_size=16",
-        "--config.train.log_every=1", "--config.sample.num_images=8", "--config.sample.batch_size=8",
-        "--config.sample.num_steps=2"]
+OVERRIDES = {"model.channel_mult": (1,), "model.base_channels": 8, "train.batch_size": 16,
+             "train.log_every": 1, "sample.num_images": 8, "sample.batch_size": 8,
+             "sample.num_steps": 2}
+ARGS = [f"--config={REPO}/configs/digits.py:smoke"] + [
+    f"--config.{k}={v}".replace(" ", "") for k, v in OVERRIDES.items()]
 REFERENCE_STEPS, RESUME_AT = 40, 20
 
 
@@ -97,14 +98,39 @@ def _wait_for_step(workdir, step, procs, timeout=240):
     time.sleep(0.05)
 
 
-def test_two_processes_resume_match_one_and_stop_together_on_sigterm(tmp_path, cleanup):
+def _one_process_run(workdir, monkeypatch):
+  """train_and_evaluate in this process on 4 devices, each step's batch the two processes'
+  shards in process order: the global batches of the 2-process run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, REPO)
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  from diffax import data, parallel, train  # pylint: disable=g-import-not-at-top
+  real_iterator, real_mesh = data.create_iterator, parallel.create_mesh
+
+  def both_shards(config, *, start_step=0, process_index=None, process_count=None):
+    assert (process_index, process_count) == (0, 1)
+    shards = [real_iterator(config, start_step=start_step, process_index=p, process_count=2)
+              for p in range(2)]
+    for parts in zip(*shards):
+      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  monkeypatch.setattr(data, "create_iterator", both_shards)
+  monkeypatch.setattr(parallel, "create_mesh",
+                      lambda devices=None: real_mesh(jax.devices()[:4] if devices is None
+                                                     else devices))
+  config = digits.get_config("smoke")
+  for key, value in dict(OVERRIDES, **{"train.checkpoint_every": RESUME_AT,
+                                       "train.num_steps": REFERENCE_STEPS}).items():
+    section, field = key.split(".")
+    config[section][field] = value
+  train.train_and_evaluate(config, str(workdir))
+  monkeypatch.undo()
+
+
+def test_two_processes_resume_match_one_and_stop_together_on_sigterm(tmp_path, cleanup,
+                                                                     monkeypatch):
   one = tmp_path / "one_process"
-  reference = subprocess.run(
-      [sys.executable, __file__, "reference", f"--workdir={one}", *ARGS,
-       f"--config.train.checkpoint_every={RESUME_AT}",
-       f"--config.train.num_steps={REFERENCE_STEPS}"],
-      env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-  assert reference.returncode == 0, reference.stdout[-4000:]
+  _one_process_run(one, monkeypatch)
   expected = _losses(one)
 
   # The 2-process run resumes from the 1-process run's checkpoint (restored by 2 processes),
@@ -187,25 +213,6 @@ def test_config_reaches_the_distributed_runtime(monkeypatch):
     train.initialize_distributed(config)
 
 
-def _reference_main(argv):
-  """scripts/train.py in 1 process, each step's batch the two processes' shards in order."""
-  import runpy  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, REPO)
-  from diffax import data  # pylint: disable=g-import-not-at-top
-  real = data.create_iterator
-
-  def both_shards(config, *, start_step=0, process_index=None, process_count=None):
-    assert (process_index, process_count) == (0, 1)
-    shards = [real(config, start_step=start_step, process_index=p, process_count=2)
-              for p in range(2)]
-    for parts in zip(*shards):
-      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-  data.create_iterator = both_shards
-  sys.argv = [TRAIN] + argv
-  runpy.run_path(TRAIN, run_name="__main__")
-
-
 def _peer_main():
   """A process of a 2-process run doing collectives until something stops it."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -221,8 +228,5 @@ def _peer_main():
 
 
 if __name__ == "__main__":
-  if sys.argv[1] == "reference":
-    _reference_main(sys.argv[2:])
-  else:
-    assert sys.argv[1] == "peer"
-    _peer_main()
+  assert sys.argv[1:] == ["peer"]
+  _peer_main()
