@@ -33,10 +33,14 @@ from diffax import parallel
 from diffax import train
 from diffax import train_state as train_state_lib
 
-# The failed save leaves a TensorStore callback aimed at Orbax's closed asyncio loop; Python
-# reports it when the callback is collected (as in tests/test_checkpoint.py). Harmless.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:(?s).*Event loop is closed:pytest.PytestUnraisableExceptionWarning")
+# The failed save leaves a TensorStore callback aimed at Orbax's closed asyncio loop and an
+# unawaited write coroutine; Python reports them when they are collected, possibly during a
+# later test (as in tests/test_checkpoint.py). Harmless.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:(?s).*Event loop is closed:pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning"),
+]
 
 
 def tiny_config(**overrides):
@@ -111,6 +115,21 @@ def test_sigterm_and_sigint_save_return_and_resume_exactly(tmp_path):
   reference = losses_by_step(reference_dir)
   np.testing.assert_allclose([resumed[s] for s in sorted(reference)],
                              [reference[s] for s in sorted(reference)], rtol=1e-5)
+
+
+def test_guard_stops_at_the_next_step_and_a_second_ctrl_c_aborts():
+  with parallel.PreemptionGuard() as guard:
+    assert not guard.stop_requested(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.stop_requested(2) and guard.stop_requested(3) and guard.signal_name == "SIGTERM"
+  with parallel.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert guard.stop_requested(1) and guard.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)  # the save hangs: Ctrl-C again
+      time.sleep(1)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
