@@ -305,6 +305,7 @@ class PreemptionGuard:
     self._multiprocess = jax.process_count() > 1
     self._previous = {}
     self._stop = False
+    self._no_service = False
 
   def _handle(self, signum, frame):
     del frame
@@ -347,8 +348,15 @@ class PreemptionGuard:
     if not self._multiprocess:
       self._stop = self.signal_name is not None
       return self._stop
+    if self._no_service:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    self._stop = multihost_utils.reached_preemption_sync_point(step)
+    try:
+      self._stop = multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError as e:  # jax_enable_preemption_service is off
+      logging.warning("no preemption service (%s): SIGTERM will not stop training cleanly", e)
+      self._no_service = True
+      return False
     if self._stop and self.signal_name is None:
       self.signal_name = "a preemption notice (SIGTERM)"
     return self._stop

@@ -132,6 +132,22 @@ def test_guard_stops_at_the_next_step_and_a_second_ctrl_c_aborts():
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_several_processes_without_the_preemption_service_keep_training(monkeypatch):
+  """`jax.distributed.initialize` with the service off: warn once and never stop, not crash."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def no_service(step):
+    calls.append(step)
+    raise RuntimeError("Preemption sync manager has not been initialized.")
+
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", no_service)
+  guard = parallel.PreemptionGuard()
+  guard._multiprocess = True  # pylint: disable=protected-access
+  assert not guard.stop_requested(1) and not guard.stop_requested(2)
+  assert calls == [1]  # asked once, then remembered
+
+
 def test_a_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
   config = tiny_config(**{"train.num_steps": 6, "train.checkpoint_every": 3})
   write_text = epath.Path.write_text
