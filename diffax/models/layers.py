@@ -7,16 +7,92 @@ last layer of each residual branch is zero-initialised, so every block starts as
 """
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffax.models import ops
+
 Dtype = Any
 
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 zeros_init = nn.initializers.zeros
+
+
+class Dense(nn.Module):
+  """`flax.linen.Dense` (same parameters, same values) whose bias gradient is `ops.sum_rows`.
+
+  Attributes:
+    features: output width.
+    dtype: compute dtype; the kernel and bias are float32 parameters cast to it.
+    kernel_init: initializer of the `[in, features]` kernel.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = default_init
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", zeros_init, (self.features,), jnp.float32)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))
+    return ops.add_bias(y, bias.astype(self.dtype))
+
+
+class Conv(nn.Module):
+  """`flax.linen.Conv` (same parameters, same values; channels last, any number of spatial
+  axes) whose bias gradient is `ops.sum_rows`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: the window, one entry per spatial axis.
+    strides: the stride per spatial axis.
+    padding: `(low, high)` padding per spatial axis, or "SAME" / "VALID".
+    dtype: compute dtype; the kernel and bias are float32 parameters cast to it.
+    kernel_init: initializer of the `[*kernel_size, in, features]` kernel.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Any = "SAME"
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = default_init
+
+  @nn.compact
+  def __call__(self, x):
+    shape = (*self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+    bias = self.param("bias", zeros_init, (self.features,), jnp.float32)
+    n = x.ndim
+    dims = jax.lax.ConvDimensionNumbers(lhs_spec=(0, n - 1, *range(1, n - 1)),
+                                        rhs_spec=(n - 1, n - 2, *range(n - 2)),
+                                        out_spec=(0, n - 1, *range(1, n - 1)))
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype),
+                                     tuple(self.strides), self.padding, dimension_numbers=dims)
+    return ops.add_bias(y, bias.astype(self.dtype))
+
+
+class GroupNorm(nn.Module):
+  """`flax.linen.GroupNorm` (same parameters, same values) computed by `ops.group_norm`.
+
+  Attributes:
+    num_groups: channel groups; must divide the channel count.
+    epsilon: added to the variance.
+    dtype: the output dtype; statistics are float32 and parameters float32 always.
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", zeros_init, (c,), jnp.float32)
+    return ops.group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -44,8 +120,8 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
 
 def conv3x3(features: int, dtype: Dtype, *, name: str, zero: bool = False, strides: int = 1):
   """A 3x3 'SAME'-padded convolution (pad 1 each side, as in ADM)."""
-  return nn.Conv(features, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
-                 dtype=dtype, kernel_init=zeros_init if zero else default_init, name=name)
+  return Conv(features, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
+              dtype=dtype, kernel_init=zeros_init if zero else default_init, name=name)
 
 
 class ResBlock(nn.Module):
@@ -71,22 +147,22 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, emb, *, train: bool):
     """x `[B, H, W, C_in]`, emb `[B, E]` -> `[B, H, W, features]`."""
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
+    h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
     h = conv3x3(self.features, self.dtype, name="conv1")(nn.silu(h))
 
     emb_width = 2 * self.features if self.scale_shift else self.features
-    emb = nn.Dense(emb_width, dtype=self.dtype, kernel_init=default_init, name="temb_proj")(
+    emb = Dense(emb_width, dtype=self.dtype, kernel_init=default_init, name="temb_proj")(
         nn.silu(emb))[:, None, None, :]  # [B, 1, 1, emb_width]
     if self.scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
-      h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h) * (1 + scale) + shift
+      h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h) * (1 + scale) + shift
     else:
-      h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h + emb)
+      h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h + emb)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = conv3x3(self.features, self.dtype, name="conv2", zero=True)(h)
 
     if x.shape[-1] != self.features:
-      x = nn.Dense(self.features, dtype=self.dtype, kernel_init=default_init, name="skip")(x)
+      x = Dense(self.features, dtype=self.dtype, kernel_init=default_init, name="skip")(x)
     return x + h
 
 
@@ -110,12 +186,12 @@ class AttentionBlock(nn.Module):
   def __call__(self, x):
     """x `[B, H, W, C]` -> `[B, H, W, C]`."""
     b, height, width, c = x.shape
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
-    qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=default_init, name="qkv")(h)
+    h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
+    qkv = Dense(3 * c, dtype=self.dtype, kernel_init=default_init, name="qkv")(h)
     qkv = qkv.reshape(b, height * width, 3, self.num_heads, c // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, HW, heads, C / heads]
     h = jax.nn.dot_product_attention(q, k, v).reshape(b, height, width, c)
-    h = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name="proj_out")(h)
+    h = Dense(c, dtype=self.dtype, kernel_init=zeros_init, name="proj_out")(h)
     return x + h
 
 

@@ -74,8 +74,8 @@ class UNet(nn.Module):
     t = jnp.broadcast_to(jnp.asarray(t), (batch,))
     emb_dim = 4 * self.base_channels
     emb = layers.timestep_embedding(t, self.base_channels).astype(dt)  # [B, base]
-    emb = nn.Dense(emb_dim, dtype=dt, kernel_init=layers.default_init, name="temb_dense0")(emb)
-    emb = nn.Dense(emb_dim, dtype=dt, kernel_init=layers.default_init,
+    emb = layers.Dense(emb_dim, dtype=dt, kernel_init=layers.default_init, name="temb_dense0")(emb)
+    emb = layers.Dense(emb_dim, dtype=dt, kernel_init=layers.default_init,
                    name="temb_dense1")(nn.silu(emb))  # [B, 4 base]
     if self.num_classes:
       if cond is None:
@@ -114,7 +114,7 @@ class UNet(nn.Module):
         h = layers.Upsample(dt, name=f"up_{level}_upsample")(h)
     assert not skips, len(skips)
 
-    h = nn.silu(nn.GroupNorm(self.num_groups, dtype=dt, name="norm_out")(h))
+    h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, name="norm_out")(h))
     h = layers.conv3x3(x.shape[-1], dt, name="conv_out", zero=True)(h)
     return h.astype(jnp.float32)
 
