@@ -4,11 +4,13 @@ Each experiment times two variants in alternating repetitions in one process and
 JSON line with both medians and their ratio. XLA flag experiments need a process per flag set:
 see flags_ab.py.
 
-  python benchmarks/experiments.py ynn scan_steps bf16 baked_params peer_layout
+  python benchmarks/experiments.py ynn scan_steps bf16 baked_params peer_layout group_norm \
+      conv_forms
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -124,8 +126,86 @@ def ynn(reps):
   return out
 
 
+def _torch_fwd_bwd(make_module, shape, reps):
+  """Median seconds of forward + backward of a PyTorch module on an NCHW tensor (or None)."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count())
+  n, h, w, c = shape
+  x = torch.randn(n, c, h, w, requires_grad=True)
+  weights = torch.randn_like(make_module()(x))
+  module = make_module()
+
+  def call():
+    (torch.nn.functional.silu(module(x)) * weights).sum().backward()
+  return timing.median(timing.interleave({"torch": call}, reps=reps)["torch"])
+
+
+def group_norm(reps):
+  """GroupNorm + SiLU, forward and backward: Flax's module under autodiff vs diffax.models.ops
+  (hand-written gradient, sums as ones-vector matmuls), and PyTorch's kernels for reference."""
+  import flax.linen as nn
+  import torch
+  from diffax.models import ops
+  out = []
+  for shape in ((32, 32, 32, 64), (32, 16, 16, 128), (32, 32, 32, 192)):
+    k = jax.random.split(jax.random.key(0), 2)
+    x = jax.random.normal(k[0], shape)
+    weights = jax.random.normal(k[1], shape)
+    c = shape[-1]
+    flax_gn = lambda x, s, b: nn.GroupNorm(32).apply({"params": {"scale": s, "bias": b}}, x)
+    ours = lambda x, s, b: ops.group_norm(x, s, b, 32)
+    grads = {}
+    for name, fn in (("flax", flax_gn), ("diffax.ops", ours)):
+      loss = lambda x, s, b, fn=fn: jnp.sum(jax.nn.silu(fn(x, s, b)) * weights)
+      g = jax.jit(jax.grad(loss, (0, 1, 2)))
+      args = (x, jnp.ones(c), jnp.zeros(c))
+      grads[name] = lambda g=g, args=args: jax.block_until_ready(g(*args))
+    times = timing.interleave(grads, reps=reps)
+    record = _report("group_norm", f"GroupNorm(32) + SiLU fwd+bwd {list(shape)}", times,
+                     {"flax": 1, "diffax.ops": 1})
+    peer = _torch_fwd_bwd(lambda c=c: torch.nn.GroupNorm(32, c), shape, reps)
+    print(json.dumps({"bench": "experiment", "name": "group_norm", "what": record["what"],
+                      "torch_median_s": peer}), flush=True)
+    out.append(record)
+  return out
+
+
+def conv_forms(reps):
+  """A 3x3 convolution, forward and backward, as XLA's convolution vs as im2col (the 9 shifted
+  windows concatenated, then one matmul), at the network's largest shapes."""
+  from jax import lax
+  out = []
+
+  def conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def im2col(x, w):
+    _, h, wd, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], -1)
+    return jnp.einsum("nhwk,ko->nhwo", cols, w.reshape(9 * c, -1))
+
+  for shape, cout in (((32, 32, 32, 64), 64), ((32, 16, 16, 128), 128)):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = 0.05 * jax.random.normal(jax.random.key(1), (3, 3, shape[-1], cout))
+    cases = {}
+    for name, fn in (("lax.conv", conv), ("im2col", im2col)):
+      g = jax.jit(jax.value_and_grad(lambda x, w, fn=fn: jnp.sum(fn(x, w) ** 2), (0, 1)))
+      cases[name] = lambda g=g: jax.block_until_ready(g(x, w))
+    times = timing.interleave(cases, reps=reps)
+    flops = 3 * 2 * 9 * math.prod(shape) * cout
+    out.append(_report("conv_forms", f"3x3 conv fwd+bwd {list(shape)} -> {cout}", times,
+                       {"lax.conv": 1, "im2col": 1},
+                       note=f"{flops / 1e9:.2f} GFLOP per call (forward + 2 gradients)"))
+  return out
+
+
 EXPERIMENTS = {"ynn": ynn, "scan_steps": scan_steps, "bf16": bf16, "baked_params": baked_params,
-               "peer_layout": peer_layout}
+               "peer_layout": peer_layout, "group_norm": group_norm, "conv_forms": conv_forms}
 
 
 def main():

@@ -109,3 +109,15 @@ def test_the_peer_is_the_same_network():
   init_fn, _ = models.create(diffax_cases.config("half"))
   ours = models.count_params(jax.eval_shape(init_fn, jax.random.key(0)))
   assert peer.num_params(peer.unet("half")) == ours == 8_952_067
+
+
+def test_profile_ops_finds_the_ops_of_a_compiled_program_and_their_sources():
+  from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum(0))
+  a = jnp.ones((256, 256))
+  compiled = f.lower(a, a).compile()
+  times = profile_ops.op_times(lambda: compiled(a, a).block_until_ready(), calls=2)
+  assert times and all(t >= 0 for t in times.values())
+  sources = profile_ops.op_sources(compiled.as_text())
+  assert any(name in sources for name in times)  # trace names are HLO instruction names
+  assert any("tanh" in s or "dot_general" in s for s in sources.values())
