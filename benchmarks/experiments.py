@@ -218,9 +218,7 @@ def main():
                       help="XLA_FLAGS for the process (default: XLA's own; the ynn experiment "
                            "sets its option per program)")
   args = parser.parse_args()
-  flags = args.xla_flags
-  if flags:
-    os.environ["XLA_FLAGS"] = " ".join(f for f in (flags, os.environ.get("XLA_FLAGS", "")) if f)
+  machine.prepend_xla_flags(args.xla_flags)
   print(json.dumps(machine.info(REPO)), flush=True)
   for name in args.names:
     EXPERIMENTS[name](args.reps)

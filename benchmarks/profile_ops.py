@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax
 
 from benchmarks import diffax_cases
-from benchmarks import run as run_lib
+from benchmarks import machine
 
 _RUNTIME_EVENTS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
 
@@ -80,11 +80,9 @@ def main():
   parser.add_argument("--case", default="train:half:32")
   parser.add_argument("--calls", type=int, default=2, help="profiled calls (after 2 warm-ups)")
   parser.add_argument("--top", type=int, default=15, help="how many op kinds and ops to print")
-  parser.add_argument("--xla_flags", default=run_lib.RECOMMENDED_XLA_FLAGS)
+  parser.add_argument("--xla_flags", default=machine.RECOMMENDED_XLA_FLAGS)
   args = parser.parse_args()
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = " ".join(
-        f for f in (args.xla_flags, os.environ.get("XLA_FLAGS", "")) if f)
+  machine.prepend_xla_flags(args.xla_flags)
   fn, compiled = build(args.case)
   times = op_times(fn, args.calls)
   total = sum(times.values())

@@ -40,10 +40,7 @@ FULL = dict(
 QUICK = dict(sample=["ddim:1:10", "ddpm:4:4"], train=["half:4"], compile=["sampler:half:4"],
              reps=2, matmul_n=1024)
 
-# XLA:CPU 0.10 hands convolutions to YNNPACK fusions by default, whose weight-gradient
-# convolutions run at ~7 GFLOP/s here; without them XLA uses its Eigen convolutions (see
-# README: train step 2x faster, sampling unchanged). Prepended to any XLA_FLAGS already set.
-RECOMMENDED_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+RECOMMENDED_XLA_FLAGS = machine.RECOMMENDED_XLA_FLAGS  # prepended to any XLA_FLAGS already set
 
 # The targets, diffax relative to the peer measured in the same run.
 SAMPLE_TARGETS = {1: 2.0, 64: 1.0}
@@ -216,9 +213,7 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   # Read when JAX first touches its backend, which nothing has done yet.
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = " ".join(
-        f for f in (args.xla_flags, os.environ.get("XLA_FLAGS", "")) if f)
+  machine.prepend_xla_flags(args.xla_flags)
   if args.peer:
     try:
       import torch  # pylint: disable=g-import-not-at-top
