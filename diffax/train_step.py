@@ -33,6 +33,17 @@ Metrics = dict[str, jax.Array]
 NONFINITE_MODES = ("stop", "skip")
 
 
+def check_options(nonfinite: str, grad_accum_steps: int) -> None:
+  """Raises ValueError, naming the config field, on a `config.train.nonfinite` outside
+  `NONFINITE_MODES` or a `config.train.grad_accum_steps` that is not an int >= 1."""
+  if nonfinite not in NONFINITE_MODES:
+    raise ValueError(f"unknown config.train.nonfinite {nonfinite!r}; choose one of "
+                     f"{list(NONFINITE_MODES)}")
+  k = grad_accum_steps
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"config.train.grad_accum_steps must be an int >= 1, got {k!r}")
+
+
 def keep_finite(ok: jax.Array, new: TrainState, old: TrainState) -> TrainState:
   """Takes `new` where `ok` else `old`, leaf by leaf, but always advances the step.
 
@@ -155,16 +166,12 @@ def make_train_step(
   train_config = config.get("train", {}) if hasattr(config, "get") else {}
   if skip_nonfinite is None:
     mode = train_config.get("nonfinite", "stop")
-    if mode not in NONFINITE_MODES:
-      raise ValueError(f"unknown config.train.nonfinite {mode!r}; choose one of "
-                       f"{list(NONFINITE_MODES)}")
-    skip_nonfinite = mode == "skip"
+  else:
+    mode = "skip" if skip_nonfinite else "stop"
   if grad_accum_steps is None:
     grad_accum_steps = train_config.get("grad_accum_steps", 1)
-  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or (
-      grad_accum_steps < 1):
-    raise ValueError(f"config.train.grad_accum_steps must be an int >= 1, got "
-                     f"{grad_accum_steps!r}")
+  check_options(mode, grad_accum_steps)
+  skip_nonfinite = mode == "skip"
   if lr_schedule is None:
     lr_schedule = optim.learning_rate_schedule(
         config.optim.learning_rate, config.optim.warmup_steps)
