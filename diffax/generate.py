@@ -86,6 +86,25 @@ def class_labels(config, num_images: int, class_label: Optional[int] = None) -> 
   return (np.arange(num_images) % config.model.num_classes).astype(np.int32)
 
 
+def check_edits(*, init_image: bool, mask: bool, strength: bool, resample: bool,
+                prefix: str = "") -> None:
+  """Raises ValueError when the editing options given do not go together.
+
+  Inpainting needs init_image and mask (resample is its option); SDEdit needs init_image and
+  strength. The arguments say which options were given; `prefix` goes before each name in the
+  message ("--" for command-line flags).
+  """
+  p = prefix
+  if mask and not init_image:
+    raise ValueError(f"{p}mask needs {p}init_image: the image whose known pixels it marks")
+  if strength and not init_image:
+    raise ValueError(f"{p}strength (SDEdit) needs {p}init_image: the image to edit")
+  if resample and not mask:
+    raise ValueError(f"{p}resample (RePaint) needs {p}mask and {p}init_image")
+  if init_image and not mask and not strength:
+    raise ValueError(f"{p}init_image needs {p}mask (inpainting) or {p}strength (SDEdit)")
+
+
 def make_sample_fn(apply_fn: Callable, schedule, config, *, batch_size: int, mesh=None,
                    sampler: Optional[str] = None, num_steps: Optional[int] = None,
                    eta: Optional[float] = None, clip_x0: Optional[bool] = None,
@@ -152,12 +171,8 @@ def make_sample_fn(apply_fn: Callable, schedule, config, *, batch_size: int, mes
               else np.asarray(labels, np.int32).reshape(-1))
     if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
       raise ValueError(f"labels must lie in [0, {num_classes}), got {np.unique(labels)}")
-  if mask is not None and init_image is None:
-    raise ValueError("mask needs init_image: the image whose masked pixels are kept")
-  if resample is not None and mask is None:
-    raise ValueError("resample is RePaint's inpainting option: it needs mask and init_image")
-  if init_image is not None and mask is None and strength is None:
-    raise ValueError("init_image needs mask (inpainting) or strength (SDEdit)")
+  check_edits(init_image=init_image is not None, mask=mask is not None,
+              strength=strength is not None, resample=resample is not None)
   per_image, arrays = [], []
   if init_image is not None:
     init_image = _per_image("init_image", init_image, image_shape, np.float32)  # [N, H, W, C]

@@ -103,14 +103,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
-  if _MASK.value and not _INIT_IMAGE.value:
-    raise app.UsageError("--mask needs --init_image: the image whose known pixels it marks")
-  if _STRENGTH.value is not None and not _INIT_IMAGE.value:
-    raise app.UsageError("--strength (SDEdit) needs --init_image: the image to edit")
-  if _RESAMPLE.value is not None and not _MASK.value:
-    raise app.UsageError("--resample (RePaint) needs --mask and --init_image")
-  if _INIT_IMAGE.value and not _MASK.value and _STRENGTH.value is None:
-    raise app.UsageError("--init_image needs --mask (inpainting) or --strength (SDEdit)")
+  try:  # before the checkpoint is read
+    generate.check_edits(init_image=bool(_INIT_IMAGE.value), mask=bool(_MASK.value),
+                         strength=_STRENGTH.value is not None,
+                         resample=_RESAMPLE.value is not None, prefix="--")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if _STRENGTH.value is not None and not 0 < _STRENGTH.value <= 1:
     raise app.UsageError(f"--strength must lie in (0, 1], got {_STRENGTH.value}")
   if _RESAMPLE.value is not None and _RESAMPLE.value < 1:
