@@ -17,3 +17,25 @@ _CACHE = os.environ.setdefault(  # exported, so scripts run by tests share the c
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from configs import digits  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  """`tiny_config(**{"section.field": value})`: the smoke digits config of the training tests.
+
+  They share its model and batch, so one compiled train step (and its persistent-cache entry)
+  serves all of them; the overrides change only what a test is about.
+  """
+  def build(**overrides):
+    c = digits.get_config("smoke")
+    c.update_from_flattened_dict({
+        "train.log_every": 1, "train.checkpoint_every": 10, "train.num_steps": 20,
+        "train.batch_size": 16, "sample.num_images": 8, "sample.batch_size": 8,
+        "sample.num_steps": 5, **overrides})
+    return c
+  return build

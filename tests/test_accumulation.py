@@ -147,7 +147,6 @@ def test_bf16_compute_keeps_float32_state_and_tracks_the_float32_loss():
 ])
 def test_bad_scale_options_fail_before_anything_compiles(key, value, match):
   c = digits.get_config("smoke")
-  section, field = key.split(".")
-  c[section][field] = value
+  c.update_from_flattened_dict({key: value})
   with pytest.raises(ValueError, match=match):
     train.check_scale_options(c, parallel.create_mesh())

@@ -119,10 +119,8 @@ def _one_process_run(workdir, monkeypatch):
                       lambda devices=None: real_mesh(jax.devices()[:4] if devices is None
                                                      else devices))
   config = digits.get_config("smoke")
-  for key, value in dict(OVERRIDES, **{"train.checkpoint_every": RESUME_AT,
-                                       "train.num_steps": REFERENCE_STEPS}).items():
-    section, field = key.split(".")
-    config[section][field] = value
+  config.update_from_flattened_dict(dict(OVERRIDES, **{"train.checkpoint_every": RESUME_AT,
+                                                        "train.num_steps": REFERENCE_STEPS}))
   train.train_and_evaluate(config, str(workdir))
   monkeypatch.undo()
 

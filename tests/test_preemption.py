@@ -23,7 +23,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits
 from diffax import checkpoint
 from diffax import data
 from diffax import metric_writer
@@ -43,19 +42,8 @@ pytestmark = [
 ]
 
 
-def tiny_config(**overrides):
-  """tests/test_train.py's model and batch: the same compiled step."""
-  c = digits.get_config("smoke")
-  c.train.log_every = 1
-  c.train.checkpoint_every = 1000
-  c.train.batch_size = 16
-  c.sample.num_images = 8
-  c.sample.batch_size = 8
-  c.sample.num_steps = 5
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+# No periodic checkpoints unless a test asks: the stops themselves must save.
+NO_PERIODIC_SAVES = {"train.checkpoint_every": 1000}
 
 
 def losses_by_step(workdir):
@@ -91,8 +79,8 @@ def _signal_at_step(workdir, step, signum, timeout_s=240):
   return join
 
 
-def test_sigterm_and_sigint_save_return_and_resume_exactly(tmp_path):
-  config = tiny_config(**{"train.num_steps": 2000})
+def test_sigterm_and_sigint_save_return_and_resume_exactly(tmp_path, tiny_config):
+  config = tiny_config(**{**NO_PERIODIC_SAVES, "train.num_steps": 2000})
   stops = []
   for signum in (signal.SIGTERM, signal.SIGINT):
     sent = _signal_at_step(tmp_path, (stops[-1] if stops else 0) + 3, signum)
@@ -111,7 +99,8 @@ def test_sigterm_and_sigint_save_return_and_resume_exactly(tmp_path):
   resumed = losses_by_step(tmp_path)
   assert sorted(resumed) == list(range(1, stops[-1] + 1))
   reference_dir = tmp_path / "reference"
-  train.train_and_evaluate(tiny_config(**{"train.num_steps": stops[-1]}), str(reference_dir))
+  reference_config = tiny_config(**{**NO_PERIODIC_SAVES, "train.num_steps": stops[-1]})
+  train.train_and_evaluate(reference_config, str(reference_dir))
   reference = losses_by_step(reference_dir)
   np.testing.assert_allclose([resumed[s] for s in sorted(reference)],
                              [reference[s] for s in sorted(reference)], rtol=1e-5)
@@ -148,7 +137,8 @@ def test_several_processes_without_the_preemption_service_keep_training(monkeypa
   assert calls == [1]  # asked once, then remembered
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+def test_a_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch,
+                                                            tiny_config):
   config = tiny_config(**{"train.num_steps": 6, "train.checkpoint_every": 3})
   write_text = epath.Path.write_text
 
@@ -184,7 +174,7 @@ def _restore(config, workdir, step):
     return ckpt.restore(target, step)
 
 
-def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch):
+def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch, tiny_config):
   real = data.create_iterator
 
   def poisoned(config, **kwargs):  # one pixel of the batches of steps 3 and 4 is NaN

@@ -25,21 +25,6 @@ from diffax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
-  c = digits.get_config("smoke")
-  c.train.log_every = 1
-  c.train.checkpoint_every = 10
-  c.train.num_steps = 20
-  c.train.batch_size = 16
-  c.sample.num_images = 8
-  c.sample.batch_size = 8
-  c.sample.num_steps = 5
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
-
-
 def subprocess_env():
   """A script run like this process: 8 fake CPU devices and the tests' compilation cache."""
   return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -51,7 +36,7 @@ def losses_by_step(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def reference_run(tmp_path_factory, tiny_config):
   """20 uninterrupted steps: the run every resumed run must reproduce."""
   workdir = tmp_path_factory.mktemp("reference")
   state = train.train_and_evaluate(tiny_config(), str(workdir))
@@ -73,7 +58,7 @@ def test_run_writes_everything_a_user_looks_at(reference_run):
   assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
 
 
-def test_resumed_run_logs_identical_losses(reference_run, tmp_path):
+def test_resumed_run_logs_identical_losses(reference_run, tmp_path, tiny_config):
   workdir, _ = reference_run
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 10}), str(tmp_path))
   assert sorted(losses_by_step(tmp_path)) == list(range(1, 11))
@@ -84,7 +69,8 @@ def test_resumed_run_logs_identical_losses(reference_run, tmp_path):
     assert resumed[step] == reference[step], step
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path,
+                                                                 tiny_config):
   workdir, _ = reference_run
   shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
   newest = tmp_path / "checkpoints" / "20"
@@ -147,7 +133,7 @@ def test_sample_script_writes_png_and_npz(reference_run, tmp_path):
   assert out.exists()
 
 
-def test_nonfinite_loss_stops_without_saving(tmp_path, monkeypatch):
+def test_nonfinite_loss_stops_without_saving(tmp_path, monkeypatch, tiny_config):
   real = data.create_iterator
 
   def poisoned(config, **kwargs):
@@ -163,7 +149,7 @@ def test_nonfinite_loss_stops_without_saving(tmp_path, monkeypatch):
   assert max(losses_by_step(tmp_path)) == 3
 
 
-def test_mock_tfds_dataset_trains_and_resumes(tmp_path):
+def test_mock_tfds_dataset_trains_and_resumes(tmp_path, tiny_config):
   config = tiny_config(**{"data.dataset": "mnist", "train.num_steps": 4,
                           "train.checkpoint_every": 2})
   with tfds.testing.mock_data(num_examples=64):
@@ -189,7 +175,7 @@ def test_mock_tfds_dataset_trains_and_resumes(tmp_path):
     ("model.dtype", "bf16", "model.dtype"),
     ("train.nonfinite", "ignore", "train.nonfinite"),
 ])
-def test_bad_config_fails_before_anything_runs(tmp_path, key, value, match):
+def test_bad_config_fails_before_anything_runs(tmp_path, key, value, match, tiny_config):
   start = time.perf_counter()
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
