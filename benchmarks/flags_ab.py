@@ -2,7 +2,7 @@
 in alternation (ABBA) so drift of the machine's load hits every flag set alike.
 
   python benchmarks/flags_ab.py --case train:half:32 --reps 5 \
-      --flags "" "--xla_cpu_experimental_ynn_fusion_type="
+      -- "" "--xla_cpu_experimental_ynn_fusion_type="
 
 Each worker builds the case once (reporting its compile time), then on every "run" line from
 the parent times one call and answers with the seconds. Prints one JSON line per flag set.
@@ -69,14 +69,16 @@ def main():
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--case", default="train:half:32",
                       help="train:WIDTH:BATCH or sample:WIDTH:BATCH:STEPS (DDIM)")
-  parser.add_argument("--flags", nargs="+", default=["", "--xla_cpu_experimental_ynn_fusion_type="],
-                      help="XLA_FLAGS values to compare (\"\" is the default)")
+  parser.add_argument("flag_sets", nargs="*", metavar="XLA_FLAGS",
+                      default=["", "--xla_cpu_experimental_ynn_fusion_type="],
+                      help="XLA_FLAGS values to compare (\"\" is XLA's default); put them "
+                           "after --, as they start with --")
   parser.add_argument("--reps", type=int, default=5)
   args = parser.parse_args()
   if args.worker:
     _worker(args.worker)
     return
-  for record in compare(args.case, args.flags, args.reps):
+  for record in compare(args.case, args.flag_sets, args.reps):
     print(json.dumps(record), flush=True)
 
 
