@@ -27,18 +27,17 @@ def _child(args) -> dict:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   from benchmarks import diffax_cases  # pylint: disable=g-import-not-at-top
-  from diffax import models  # pylint: disable=g-import-not-at-top
   from diffax import sampling  # pylint: disable=g-import-not-at-top
-  from diffax import schedules  # pylint: disable=g-import-not-at-top
   import functools  # pylint: disable=g-import-not-at-top
-  from diffax import parallel, train_state  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import build, parallel  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import state as train_state  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   cfg = diffax_cases.config(args.width, args.batch)
   if args.what == "sampler":
-    init_fn, apply_fn = models.create(cfg)
+    init_fn, apply_fn = build.model(cfg)
     params = jax.eval_shape(init_fn, jax.random.key(0))
-    schedule = schedules.from_config(cfg.diffusion)
+    schedule = build.schedule(cfg)
     shape = (args.batch, 32, 32, 3)
 
     def run(params, rng):
@@ -51,8 +50,7 @@ def _child(args) -> dict:
     mesh = parallel.create_mesh(jax.devices()[:1])
     state = parallel.abstract_state(
         functools.partial(train_state.create_train_state, init_fn, tx), mesh, jax.random.key(0))
-    batch = {"image": jax.ShapeDtypeStruct((args.batch, 32, 32, 3), np.float32),
-             "label": jax.ShapeDtypeStruct((args.batch,), np.int32)}
+    batch = {"x": jax.ShapeDtypeStruct((args.batch, 32, 32, 3), np.float32)}
     fn, fn_args = parallel.compile_train_step(step, mesh), (state, batch, jax.random.key(1))
   start = time.perf_counter()
   lowered = fn.lower(*fn_args)

@@ -66,12 +66,13 @@ def bf16(reps):
 
 def baked_params(reps):
   """Params closed over (XLA constants) vs traced through a Partial: compile time and speed."""
-  from diffax import models, sampling, schedules
+  from diffax import sampling
+  from diffax.pipeline import build
   cfg = diffax_cases.config("half")
   traced = diffax_cases.Sampler(cfg, "ddim", 1, 10)
-  init_fn, apply_fn = models.create(cfg)
+  init_fn, apply_fn = build.model(cfg)
   params = jax.jit(init_fn)(jax.random.key(0))
-  schedule = schedules.from_config(cfg.diffusion)
+  schedule = build.schedule(cfg)
   model_fn = lambda x, t: apply_fn(params, x, t)
   run = jax.jit(lambda rng: sampling.sample(model_fn, schedule, (1, 32, 32, 3), rng,
                                             sampler="ddim", num_steps=10, clip_x0=True))

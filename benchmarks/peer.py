@@ -1,6 +1,6 @@
 """The peer: diffusers' UNet2DModel with diffax's DDPM CIFAR-10 network, in PyTorch on CPU.
 
-Same network as `diffax.models` preset ddpm_cifar10 / ddpm_cifar10_half: block_out_channels
+Same network as configs/cifar10_ddpm.py (full and `half` width): block_out_channels
 (c, 2c, 2c, 2c), two ResNet blocks per level, attention at 16x16 and in the middle block,
 GroupNorm 32, dropout 0.1, additive time embedding (the parameter counts match exactly). It
 is trained as diffusers' train_unconditional example does (DDPMScheduler.add_noise, MSE on the
@@ -26,7 +26,8 @@ def unet(width: str) -> torch.nn.Module:
       layers_per_block=2, norm_num_groups=32, norm_eps=1e-6, dropout=0.1,
       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-      attention_head_dim=None, resnet_time_scale_shift="default")
+      attention_head_dim=None, resnet_time_scale_shift="default", flip_sin_to_cos=False,
+      freq_shift=1)
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -8,12 +8,24 @@ Configs are data: each `configs/<name>.py` has `get_config(arg)` returning a loc
 import ml_collections
 
 
-def parse_arg(arg):
-  """Splits a config argument like "smoke,prediction=v" into a dict of variants."""
+def parse_arg(arg, allowed=("smoke",)):
+  """Splits a config argument like "smoke,half" into a dict of variants.
+
+  Args:
+    arg: what follows the colon of `--config=configs/NAME.py:ARG`, or None.
+    allowed: the variants this config knows.
+
+  Raises:
+    ValueError: on a variant not in `allowed`, listing them (a typo must not run the full
+      config).
+  """
   variants = {}
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
-    variants[key.strip()] = value.strip() if value else True
+    key = key.strip()
+    if key not in allowed:
+      raise ValueError(f"unknown config variant {key!r}; this config has {list(allowed)}")
+    variants[key] = value.strip() if value else True
   return variants
 
 
@@ -21,6 +33,7 @@ def base_config():
   """Every key that any diffax run reads, with defaults. See shared/API.md for the contract."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "diffusion"          # what this stage trains (diffax.pipeline.tasks.TASKS)
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "digits"     # any TFDS image dataset name, or the embedded "digits"
@@ -45,8 +58,11 @@ def base_config():
   c.model.dropout = 0.0
   c.model.num_groups = 32       # GroupNorm groups; must divide every channel count
   c.model.num_classes = 0       # 0: unconditional; k: labels 0..k-1 plus a null label k (CFG)
+  c.model.scale_shift = True    # time embedding: ADM scale-shift (True) or DDPM additive (False)
   c.model.dtype = "float32"     # compute dtype: "float32" | "bfloat16" (params, optimizer
                                 # state and the loss stay float32 either way)
+  # Layers with hand-written gradients (fast on XLA:CPU); None: on for CPU, off elsewhere.
+  c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "cosine"   # "linear" | "cosine"
@@ -74,7 +90,8 @@ def base_config():
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.sample_every = 2000       # 0 disables sampling during training
-  c.train.label_dropout = 0.0       # probability of replacing the label by the null label (CFG)
+  c.train.cond_dropout = 0.0        # probability of dropping an example's condition (label,
+                                    # text, ...) to the model's null condition (CFG)
   c.train.grad_accum_steps = 1      # k > 1: each step averages the gradients of k micro-batches
                                     # of batch_size / k (lax.scan), then makes one update
   c.train.nonfinite = "stop"        # NaN/inf loss or gradient: "stop" the run (nothing of that

@@ -1,7 +1,7 @@
-"""The embedded digits, class-conditional with label dropout: classifier-free guidance on CPU.
+"""The embedded digits, class-conditional with condition dropout: classifier-free guidance on CPU.
 
 The same 1,797 8x8 digits and U-Net as `configs/digits.py`, with a label embedding
-(`model.num_classes = 10`, plus the null label 10) and `train.label_dropout = 0.1`: one digit in
+(`model.num_classes = 10`, plus the null label 10) and `train.cond_dropout = 0.1`: one digit in
 ten is trained without its label, so the one network is both the conditional and the
 unconditional model that classifier-free guidance combines (Ho & Salimans 2022).
 
@@ -28,7 +28,7 @@ def get_config(arg=None):
   variants = common.parse_arg(arg)
   c = digits.get_config()  # locked: only existing keys change below
   c.model.num_classes = 10
-  c.train.label_dropout = 0.1
+  c.train.cond_dropout = 0.1
 
   c.sample.sampler = "dpmpp_2m"
   c.sample.spacing = "karras"

@@ -3,14 +3,17 @@
 For each example: t ~ Uniform{0..T-1}, eps ~ N(0, I), x_t = q_sample(x_0, t, eps); the model
 predicts eps, x0 or v from (x_t, t) and is regressed onto that target with mean squared error
 (DDPM's L_simple, Ho et al. 2020 eq. 14, for "eps"). Min-SNR-gamma weighting (Hang et al. 2023)
-optionally reweights the timesteps.
+optionally reweights the timesteps. Nothing here assumes images: x is `[B, ...]` of any shape
+(images, audio, video, embedding vectors).
 """
 
-from typing import Callable
+from typing import Any, Callable, Mapping, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 
+from diffax import conditioning
 from diffax import diffusion
 from diffax.schedules import Schedule
 
@@ -39,8 +42,8 @@ def make_loss_fn(
     prediction: str = "eps",
     weighting: str = "none",
     min_snr_gamma: float = 5.0,
-    num_classes: int = 0,
-    label_dropout: float = 0.0,
+    null_cond: Optional[Mapping[str, Any]] = None,
+    cond_dropout: float = 0.0,
 ) -> Callable:
   """Builds the training loss.
 
@@ -50,55 +53,62 @@ def make_loss_fn(
     prediction: what the model predicts: "eps", "x0" or "v".
     weighting: "none" (plain MSE) or "min_snr".
     min_snr_gamma: gamma of min-SNR weighting.
-    num_classes: 0 for an unconditional model; else the model takes `batch["label"]` as `cond`.
-    label_dropout: probability of replacing a label by the null label `num_classes`, which
-      trains the unconditional model of classifier-free guidance alongside the conditional one.
+    null_cond: the model's null condition (`diffax.models.Model.null_cond`); needed when
+      cond_dropout > 0.
+    cond_dropout: probability of replacing an example's condition by the null condition, which
+      trains the unconditional model of classifier-free guidance alongside the conditional one
+      (`diffax.conditioning.drop`; one mechanism for labels, embeddings and text).
 
   Returns:
-    `loss_fn(params, batch, rng) -> (loss, aux)`, where batch holds `"image"` `[B, ...]` in
-    [-1, 1] (and `"label"` `i32[B]` when conditional); loss is a scalar and aux a dict of
-    scalar metrics: `loss`, `mse` (unweighted) and `mse_t0..3` (mean MSE per quarter of [0, T)).
-    An optional `"index"` `i32[B]` (added by `diffax.train_step`) gives each example's position
-    in the global batch: each example's t, noise and label-dropout coin then come from
+    `loss_fn(params, batch, rng) -> (loss, aux)`. batch holds `"x"` `[B, ...]`, the clean data
+    (images in [-1, 1], or any other shape), and optionally `"cond"`, the conditioning dict.
+    loss is a scalar and aux a dict of scalar metrics: `loss`, `mse` (unweighted) and
+    `mse_t0..3` (mean MSE per quarter of [0, T)).
+    An optional `"index"` `i32[B]` (added by the training step) gives each example's position
+    in the global batch: each example's t, noise and dropout coin then come from
     `fold_in(rng', index)`, so a micro-batch of gradient accumulation draws exactly what its
     examples draw in the whole batch. Without it the batch's values are drawn at once.
   """
   diffusion.check_prediction(prediction)
   snr_weight(jnp.ones(()), prediction, weighting, min_snr_gamma)  # validates `weighting` early
-  if not 0.0 <= label_dropout <= 1.0:
-    raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout}")
+  if not 0.0 <= cond_dropout <= 1.0:
+    raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
+  if cond_dropout > 0 and not null_cond:
+    raise ValueError("cond_dropout > 0 needs the model's null_cond (a conditional model): "
+                     "there is no condition to drop")
   num_steps = schedule.num_steps
 
   def draw_per_example(rng, index, example_shape, dtype):
-    """t, noise and the label-dropout coin of each example, keyed on its global position."""
+    """t, noise and the dropout coin of each example, keyed on its global position."""
     def draw(key):
       t_key, noise_key, drop_key = jax.random.split(key, 3)
       return (jax.random.randint(t_key, (), 0, num_steps),
               jax.random.normal(noise_key, example_shape, dtype),
-              jax.random.bernoulli(drop_key, label_dropout))
+              jax.random.bernoulli(drop_key, cond_dropout))
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)  # [B]
     return jax.vmap(draw)(keys)
 
   def loss_fn(params, batch, rng):
-    x0 = batch["image"]  # [B, ...]
+    x0 = batch["x"]  # [B, ...]
+    chex.assert_rank(x0, {2, 3, 4, 5})
     batch_size = x0.shape[0]
     t_rng, noise_rng, drop_rng, model_rng = jax.random.split(rng, 4)
     index = batch.get("index")  # i32[B] or None
     if index is None:  # the whole batch's draws at once
       t = jax.random.randint(t_rng, (batch_size,), 0, num_steps)  # [B]
       noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
-      drop = jax.random.bernoulli(drop_rng, label_dropout, (batch_size,))
+      dropped = jax.random.bernoulli(drop_rng, cond_dropout, (batch_size,))
     else:  # per example, so that any split of the global batch draws the same values
-      t, noise, drop = draw_per_example(t_rng, index, x0.shape[1:], x0.dtype)
+      t, noise, dropped = draw_per_example(t_rng, index, x0.shape[1:], x0.dtype)
       model_rng = jax.random.fold_in(model_rng, index[0])  # distinct dropout per micro-batch
     alpha, sigma = diffusion.alpha_sigma(schedule, t, x0)
     x_t = alpha * x0 + sigma * noise
 
-    cond = None
-    if num_classes:
-      cond = batch["label"].astype(jnp.int32)  # [B]
-      if label_dropout > 0:
-        cond = jnp.where(drop, num_classes, cond)
+    cond = batch.get("cond")
+    if cond is not None:
+      chex.assert_tree_shape_prefix(cond, (batch_size,))
+      if cond_dropout > 0:
+        cond = conditioning.drop(cond, null_cond, jnp.logical_not(dropped))
 
     output = apply_fn(params, x_t, t, cond, train=True, rng=model_rng)
     tgt = diffusion.target(x0, noise, alpha, sigma, prediction)
@@ -115,16 +125,3 @@ def make_loss_fn(
     return loss, aux
 
   return loss_fn
-
-
-def from_config(apply_fn: Callable, schedule: Schedule, config) -> Callable:
-  """`make_loss_fn` with its options read from a diffax config."""
-  return make_loss_fn(
-      apply_fn,
-      schedule,
-      prediction=config.diffusion.prediction,
-      weighting=config.diffusion.loss_weighting,
-      min_snr_gamma=config.diffusion.min_snr_gamma,
-      num_classes=config.model.num_classes,
-      label_dropout=config.train.label_dropout,
-  )

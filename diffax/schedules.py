@@ -127,16 +127,6 @@ def cosine(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> 
 SCHEDULES = {"linear": linear, "cosine": cosine}
 
 
-def from_config(cfg) -> Schedule:
-  """The schedule named by `cfg.schedule` ("linear" | "cosine") with `cfg.num_steps` steps."""
-  if cfg.schedule not in SCHEDULES:
-    raise ValueError(
-        f"unknown diffusion.schedule {cfg.schedule!r}; choose one of {sorted(SCHEDULES)}")
-  if cfg.schedule == "linear":
-    return linear(cfg.num_steps, cfg.beta_start, cfg.beta_end)
-  return cosine(cfg.num_steps)
-
-
 def _check_num_steps(num_steps):
   if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
     raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")

@@ -1,13 +1,24 @@
-"""Test-wide JAX setup: fake CPU devices for multi-device tests and a persistent compile cache.
+"""Test-wide setup and the helpers several test files share.
 
-Both must be set before JAX initializes its backends, which is why they live here.
+JAX's fake CPU devices and the persistent compile cache must be set before JAX initializes its
+backends, which is why they live here. Shared helpers (`CompileCounter`, `assert_law`) are
+imported by the tests as `from conftest import ...`.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+try:
+  # torch's CUDA wheels bring triton, which segfaults when it loads after TensorFlow (seen with
+  # torch 2.14.1 and tensorflow-cpu 2.21); loaded first, both work. The parity tests import
+  # torch, diffusers and transformers.
+  import triton  # pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
 import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 NUM_CPU_DEVICES = 8
 jax.config.update("jax_num_cpu_devices", NUM_CPU_DEVICES)
@@ -22,6 +33,34 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import digits  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class CompileCounter:
+  """Counts XLA compilations inside a `with` block (the backend-compile event fires on
+  persistent-cache hits too): `names` lists the compiled functions."""
+
+  def __init__(self):
+    self.names = []
+
+  def __call__(self, event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.names.append(kwargs.get("fun_name"))
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self)
+
+
+def assert_law(x, mean, var, z=5.0):
+  """Sample mean/variance per entry (over axis 0) within z standard errors of a Gaussian law."""
+  x = np.asarray(x, np.float64)
+  n = x.shape[0]
+  np.testing.assert_array_less(np.abs(x.mean(0) - mean), z * np.sqrt(var / n))
+  np.testing.assert_array_less(np.abs(x.var(0) - var), z * var * np.sqrt(2 / n))
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +78,62 @@ def tiny_config():
         "sample.num_steps": 5, **overrides})
     return c
   return build
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env():
+  """A script run like this process: 8 fake CPU devices and the tests' compilation cache."""
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+              DIFFAX_COMPILATION_CACHE=os.environ["DIFFAX_TEST_COMPILATION_CACHE"])
+
+
+def run_script(name, *args, timeout=600):
+  """Runs scripts/<name>.py with `args` as a user would; returns the CompletedProcess."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", f"{name}.py"), *args],
+                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# configs/digits_cond.py at test size: the class-conditional digits model that the guidance,
+# sample.py and evaluation tests judge. Trained once per session through scripts/train.py.
+DIGITS_COND_OVERRIDES = (
+    "--config.model.base_channels=16", "--config.model.num_res_blocks=1",
+    "--config.model.attention_resolutions=()", "--config.model.num_groups=8",
+    "--config.model.dropout=0.0", "--config.train.num_steps=300",
+    "--config.train.checkpoint_every=300", "--config.train.log_every=50",
+    "--config.train.sample_every=0", "--config.optim.warmup_steps=50",
+    "--config.optim.ema_decay=0.98", "--config.sample.num_images=20",
+    "--config.sample.batch_size=20", "--config.sample.num_steps=20")
+
+
+@pytest.fixture(scope="session")
+def digits_cond_run(tmp_path_factory):
+  """The workdir of configs/digits_cond.py trained for 300 steps by scripts/train.py."""
+  workdir = tmp_path_factory.mktemp("digits_cond")
+  result = run_script("train", f"--config={REPO}/configs/digits_cond.py",
+                      f"--workdir={workdir}", *DIGITS_COND_OVERRIDES)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def embedded_digits():
+  """scikit-learn's digits as the embedded dataset stores them: (f32 [1797, 8, 8, 1] in
+  [-1, 1], i32 [1797] labels)."""
+  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+  data = sk_datasets.load_digits()
+  images = np.round(data.images * (255.0 / 16.0)) / 127.5 - 1.0
+  return images[..., None].astype(np.float32), data.target.astype(np.int32)
+
+
+@pytest.fixture(scope="session")
+def digit_classifier():
+  """A logistic regression on the embedded digits: the judge of the digits models' samples
+  (`predict` takes [N, 64] in [-1, 1])."""
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  images, labels = embedded_digits()
+  clf = linear_model.LogisticRegression(max_iter=2000)
+  clf.fit(images.reshape(len(images), -1), labels)
+  return clf

@@ -1,7 +1,7 @@
 """Gradient accumulation and bf16 compute.
 
 k accumulated micro-batches make the same update as one step on the whole batch: the step sees
-the real diffusion loss (v-prediction, min-SNR weights, label dropout), whose per-example draws
+the real diffusion loss (v-prediction, min-SNR weights, condition dropout), whose per-example draws
 are keyed on each example's position in the global batch, so every example gets the same t,
 noise and dropout coin however the batch is split. Only float rounding differs.
 """
@@ -13,13 +13,13 @@ import pytest
 
 from configs import digits
 from diffax import losses
-from diffax import models
-from diffax import optim
-from diffax import parallel
 from diffax import schedules
-from diffax import train
-from diffax import train_state as train_state_lib
-from diffax import train_step as train_step_lib
+from diffax.pipeline import build
+from diffax.pipeline import optim
+from diffax.pipeline import parallel
+from diffax.pipeline import state as train_state_lib
+from diffax.pipeline import step as train_step_lib
+from diffax.pipeline import train
 
 SCHEDULE = schedules.cosine(100)
 BATCH, SIZE, FEATURES, NUM_CLASSES = 32, 4, 16, 10
@@ -36,7 +36,8 @@ def init_fn(rng):
 def apply_fn(params, x_t, t, cond=None, *, train=False, rng=None):
   """A per-pixel network conditioned on t and the label: per example, like the U-Net."""
   del train, rng
-  emb = jnp.sin(t[:, None] * params["freq"]) + params["label"][cond]  # [B, F]
+  label = jnp.full(t.shape, NUM_CLASSES) if cond is None else cond["label"]
+  emb = jnp.sin(t[:, None] * params["freq"]) + params["label"][label]  # [B, F]
   return jnp.tanh(x_t @ params["w_in"] + emb[:, None, None, :]) @ params["w_out"]
 
 
@@ -48,13 +49,14 @@ def config():
 
 def batches(num):
   rng = np.random.default_rng(0)
-  return [{"image": rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 1)).astype(np.float32),
-           "label": rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32)} for _ in range(num)]
+  return [{"x": rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 1)).astype(np.float32),
+           "cond": {"label": rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32)}}
+          for _ in range(num)]
 
 
 def run(num_micro, mesh, num_steps=3):
   loss_fn = losses.make_loss_fn(apply_fn, SCHEDULE, prediction="v", weighting="min_snr",
-                                num_classes=NUM_CLASSES, label_dropout=0.3)
+                                null_cond={"label": NUM_CLASSES}, cond_dropout=0.3)
   tx, lr_schedule = optim.create_optimizer(config())
   step = parallel.compile_train_step(train_step_lib.make_train_step(
       loss_fn, tx, config(), lr_schedule, grad_accum_steps=num_micro), mesh)
@@ -97,10 +99,10 @@ def _placed_args(mesh):
 
 
 def test_micro_batches_are_strided_and_indexed():
-  batch = {"image": np.arange(12.0).reshape(12, 1), "label": np.arange(12)}
+  batch = {"x": np.arange(12.0).reshape(12, 1), "cond": {"label": np.arange(12)}}
   micro = train_step_lib.split_micro_batches(train_step_lib.with_index(batch), 3)
   np.testing.assert_array_equal(micro["index"], [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]])
-  np.testing.assert_array_equal(micro["label"], micro["index"])
+  np.testing.assert_array_equal(micro["cond"]["label"], micro["index"])
   with pytest.raises(ValueError, match="grad_accum_steps=5"):
     train_step_lib.split_micro_batches(batch, 5)
 
@@ -110,24 +112,22 @@ def test_bf16_compute_keeps_float32_state_and_tracks_the_float32_loss():
   c.model.channel_mult = (1,)
   c.model.base_channels = 8
   c.model.dtype = "bfloat16"
-  init_bf16, apply_bf16 = models.create(c)
-  _, apply_fp32 = models.create(c, dtype=jnp.float32)
+  bf16, fp32 = build.model(c), build.model(c, dtype="float32")
   tx, lr_schedule = optim.create_optimizer(c)
-  schedule = schedules.from_config(c.diffusion)
+  schedule = build.schedule(c)
   step = jax.jit(train_step_lib.make_train_step(
-      losses.from_config(apply_bf16, schedule, c), tx, c, lr_schedule))
-  state = train_state_lib.create_train_state(init_bf16, tx, jax.random.key(0))
+      build.loss_fn(c, bf16, schedule), tx, c, lr_schedule))
+  state = train_state_lib.create_train_state(bf16.init_fn, tx, jax.random.key(0))
   assert {x.dtype for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)} == {
       jnp.dtype(jnp.float32)}
-  batch = {"image": batches(1)[0]["image"][:16].repeat(2, 1).repeat(2, 2),  # 8x8 digits size
-           "label": np.zeros(16, np.int32)}
+  batch = {"x": batches(1)[0]["x"][:16].repeat(2, 1).repeat(2, 2)}  # 8x8 digits size
   base_rng = jax.random.key(3)
   lowered = step.lower(state, batch, base_rng)
   assert "bf16" in lowered.as_text()  # bf16 really runs
   step = lowered.compile()
   new_state, _ = step(state, batch, base_rng)  # the output layer starts at 0: move it first
   newer_state, metrics = step(new_state, batch, base_rng)
-  fp32_loss, _ = jax.jit(losses.from_config(apply_fp32, schedule, c))(
+  fp32_loss, _ = jax.jit(build.loss_fn(c, fp32, schedule))(
       new_state.params, train_step_lib.with_index(batch), jax.random.fold_in(base_rng, 1))
   assert metrics["loss"].dtype == jnp.float32
   np.testing.assert_allclose(metrics["loss"], fp32_loss, rtol=2e-2)
@@ -149,4 +149,4 @@ def test_bad_scale_options_fail_before_anything_compiles(key, value, match):
   c = digits.get_config("smoke")
   c.update_from_flattened_dict({key: value})
   with pytest.raises(ValueError, match=match):
-    train.check_scale_options(c, parallel.create_mesh())
+    train.check_loop_options(c, parallel.create_mesh())

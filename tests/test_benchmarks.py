@@ -12,9 +12,9 @@ from benchmarks import table
 from benchmarks import timing
 from configs import common
 from diffax import models
-from diffax import optim
-from diffax import train_state as train_state_lib
-from diffax import train_step as train_step_lib
+from diffax.pipeline import optim
+from diffax.pipeline import state as train_state_lib
+from diffax.pipeline import step as train_step_lib
 
 
 def test_flops_of_a_matmul_is_two_m_n_k():
@@ -102,13 +102,23 @@ def test_markdown_table_has_one_row_per_measurement():
   assert "limit used: 120 GFLOP/s" in text
 
 
-def test_the_peer_is_the_same_network():
-  peer = pytest.importorskip("benchmarks.peer", exc_type=ImportError)
+def test_the_peer_is_the_network_users_train():
+  """diffusers' model in the benchmark maps onto exactly configs/cifar10_ddpm.py's network
+  (test_interop_diffusers checks that such a mapping computes the same function)."""
+  from benchmarks import peer  # pylint: disable=g-import-not-at-top
+  from diffax.interop import diffusers_unet  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import build  # pylint: disable=g-import-not-at-top
   # Half width only: building the 35.7M full-width peer takes many seconds; the widths share
   # every layer type, so equal counts at one width and equal code at both suffice.
-  init_fn, _ = models.create(diffax_cases.config("half"))
-  ours = models.count_params(jax.eval_shape(init_fn, jax.random.key(0)))
-  assert peer.num_params(peer.unet("half")) == ours == 8_952_067
+  cfg = diffax_cases.config("half")
+  theirs = peer.unet("half")
+  arch = diffusers_unet.unet_config(dict(theirs.config))
+  ours = {k: v for k, v in cfg.model.items() if k not in ("name", "dtype", "fast_layers")}
+  assert arch.pop("sample_shape") == build.sample_shape(cfg)
+  assert {k: arch[k] for k in ours} == {k: (tuple(v) if isinstance(v, tuple) else v)
+                                        for k, v in ours.items()}
+  count = models.count_params(jax.eval_shape(build.model(cfg).init_fn, jax.random.key(0)))
+  assert peer.num_params(theirs) == count == 8_952_067
 
 
 def test_profile_ops_finds_the_ops_of_a_compiled_program_and_their_sources():

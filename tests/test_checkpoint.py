@@ -11,9 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from diffax import checkpoint
-from diffax import parallel
-from diffax import train_state as train_state_lib
+from diffax.pipeline import checkpoint
+from diffax.pipeline import parallel
+from diffax.pipeline import state as train_state_lib
 
 
 def init_fn(rng):
@@ -217,7 +217,8 @@ def test_half_written_checkpoints_are_not_taken_as_complete(tmp_path, create, ad
     restored = ckpt.restore_or_init(create)
   assert_same(restored, expected[2])
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-  assert any(str(directory / "4") in m and "incomplete" in m for m in warnings), warnings
+  assert any(str(directory / "4") in m and "the save did not finish" in m for m in warnings), (
+      warnings)
   ckpt.wait_until_finished()
   assert not (directory / "5.orbax-checkpoint-tmp").exists()  # cleaned up on start-up
   assert ckpt.save(4, restored) and ckpt.save(5, restored)

@@ -8,8 +8,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import common
-from diffax import data
-from diffax.datasets import digits
+from diffax.pipeline import data
+from diffax.pipeline.datasets import digits
 
 NUM_TRAIN, NUM_TEST = 1500, 297
 

@@ -14,10 +14,11 @@ import pytest
 
 from diffax import sampling
 from diffax import schedules
-from diffax.sampling import driver
 from diffax.sampling import editing
 from diffax.sampling import guidance
+from diffax.sampling import loop
 from diffax.sampling import spacing
+from conftest import CompileCounter
 
 T = 1000
 S = schedules.cosine(T)
@@ -44,7 +45,7 @@ def gaussian_eps(ab_table, mu, std2, x_t, t):
 def class_apply(params, x_t, t, cond):
   """A class-conditional model: params = (alpha-bars, means [R, 2, 2, 1], std^2)."""
   ab_table, mus, std2 = params
-  return gaussian_eps(ab_table, mus[cond], std2, x_t, t)
+  return gaussian_eps(ab_table, mus[cond["label"]], std2, x_t, t)
 
 
 def gauss_apply(params, x_t, t):
@@ -59,26 +60,8 @@ def params_with(mus=MUS):
 
 
 PARAMS = params_with()
-GUIDED = sampling.make_sampler(class_apply, S, SHAPE, sampler="ddim", max_steps=50, null_label=K)
+GUIDED = sampling.make_sampler(class_apply, S, SHAPE, sampler="ddim", max_steps=50, null_cond={"label": K})
 PLAIN = sampling.make_sampler(class_apply, S, SHAPE, sampler="ddim", max_steps=50)
-
-
-class CompileCounter:
-  """Counts XLA compilations (the backend-compile event fires on persistent-cache hits too)."""
-
-  def __init__(self):
-    self.names = []
-
-  def __call__(self, event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.names.append(kwargs.get("fun_name"))
-
-  def __enter__(self):
-    jax.monitoring.register_event_duration_secs_listener(self)
-    return self
-
-  def __exit__(self, *exc):
-    jax.monitoring.unregister_event_duration_listener(self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,15 +69,15 @@ class CompileCounter:
 
 def test_guidance_scale_0_is_unconditional_and_1_conditional():
   null = jnp.full((B,), K, jnp.int32)
-  uncond = PLAIN(PARAMS, RNG, num_steps=20, cond=null)
-  cond = PLAIN(PARAMS, RNG, num_steps=20, cond=LABELS)
-  np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20, cond=LABELS, guidance_scale=0.0),
+  uncond = PLAIN(PARAMS, RNG, num_steps=20, cond={"label": null})
+  cond = PLAIN(PARAMS, RNG, num_steps=20, cond={"label": LABELS})
+  np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20, cond={"label": LABELS}, guidance_scale=0.0),
                              uncond, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20, cond=LABELS, guidance_scale=1.0),
+  np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20, cond={"label": LABELS}, guidance_scale=1.0),
                              cond, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(cond - uncond)).max() > 0.5
-  with pytest.raises(ValueError, match="null_label"):
-    GUIDED.knobs(cond=np.full(B, K))  # the null label is not a class
+  with pytest.raises(ValueError, match="label"):
+    GUIDED.knobs(cond={"label": np.full(B, K)})  # the null label is not a class
   # Without labels a guided sampler draws the null label's (unconditional) samples.
   np.testing.assert_allclose(GUIDED(PARAMS, RNG, num_steps=20), uncond, rtol=1e-5, atol=1e-5)
 
@@ -103,10 +86,10 @@ def test_guidance_extrapolates_to_the_guided_class_mean():
   """With scale w (per sample here), the guided eps is the exact eps of the class mean
   MUS[K] + w (MUS[k] - MUS[K]); the samples equal plain samples of that class."""
   w = np.linspace(-1.0, 4.0, B)
-  guided = GUIDED(PARAMS, RNG, num_steps=20, cond=LABELS, guidance_scale=w)
+  guided = GUIDED(PARAMS, RNG, num_steps=20, cond={"label": LABELS}, guidance_scale=w)
   labels = np.asarray(LABELS)
   mus = MUS[K] + w.reshape(-1, 1, 1, 1) * (MUS[labels] - MUS[K])  # [B, 2, 2, 1], row i: sample i
-  plain = PLAIN(params_with(mus), RNG, num_steps=20, cond=jnp.arange(B))
+  plain = PLAIN(params_with(mus), RNG, num_steps=20, cond={"label": jnp.arange(B)})
   np.testing.assert_allclose(guided, plain, rtol=1e-3, atol=1e-3)  # float32, |w| up to 4
 
 
@@ -114,19 +97,20 @@ def test_both_halves_come_from_one_batched_model_call():
   calls = []
 
   def apply_fn(params, x_t, t, cond):
-    calls.append((x_t.shape[0], t.shape[0], cond.shape[0]))  # recorded while tracing
+    calls.append((x_t.shape[0], t.shape[0], cond["label"].shape[0]))  # recorded while tracing
     return class_apply(params, x_t, t, cond)
 
-  fn = sampling.make_sampler(apply_fn, S, SHAPE, sampler="dpmpp_2m", max_steps=5, null_label=K)
-  fn(PARAMS, RNG, cond=LABELS, guidance_scale=2.0)
+  fn = sampling.make_sampler(apply_fn, S, SHAPE, sampler="dpmpp_2m", max_steps=5, null_cond={"label": K})
+  fn(PARAMS, RNG, cond={"label": LABELS}, guidance_scale=2.0)
   assert calls == [(2 * B, 2 * B, 2 * B)]  # one call per step, on the doubled batch
   # ...and it equals two separate calls combined.
   x = jax.random.normal(jax.random.key(1), SHAPE)
   t = jnp.full((B,), 400, jnp.int32)
   w = jnp.linspace(0.0, 5.0, B)
-  guided = guidance.classifier_free_model(class_apply, PARAMS, LABELS, w, K)(x, t)
-  out_c = class_apply(PARAMS, x, t, LABELS)
-  out_u = class_apply(PARAMS, x, t, jnp.full((B,), K))
+  guided = guidance.classifier_free_model(class_apply, PARAMS, {"label": LABELS}, {"label": K},
+                                         w)(x, t)
+  out_c = class_apply(PARAMS, x, t, {"label": LABELS})
+  out_u = class_apply(PARAMS, x, t, {"label": jnp.full((B,), K)})
   expected = out_u + w.reshape(-1, 1, 1, 1) * (out_c - out_u)
   np.testing.assert_allclose(guided, expected, rtol=1e-6, atol=1e-6)
 
@@ -134,9 +118,9 @@ def test_both_halves_come_from_one_batched_model_call():
 def test_vmap_over_guidance_scales_and_seeds_is_one_compile():
   scales = jnp.array([0.0, 1.0, 3.0])
   keys = jax.random.split(jax.random.key(5), 3)
-  by_scale = jax.jit(jax.vmap(lambda w: GUIDED(PARAMS, RNG, num_steps=10, cond=LABELS,
+  by_scale = jax.jit(jax.vmap(lambda w: GUIDED(PARAMS, RNG, num_steps=10, cond={"label": LABELS},
                                                 guidance_scale=w)))
-  by_seed = jax.jit(jax.vmap(lambda k: GUIDED(PARAMS, k, num_steps=10, cond=LABELS,
+  by_seed = jax.jit(jax.vmap(lambda k: GUIDED(PARAMS, k, num_steps=10, cond={"label": LABELS},
                                                guidance_scale=3.0)))
   with CompileCounter() as counter:
     sweep = by_scale(scales)
@@ -147,10 +131,10 @@ def test_vmap_over_guidance_scales_and_seeds_is_one_compile():
   assert sweep.shape == (3,) + SHAPE and seeds.shape == (3,) + SHAPE
   for i in range(3):
     np.testing.assert_allclose(
-        sweep[i], GUIDED(PARAMS, RNG, num_steps=10, cond=LABELS, guidance_scale=scales[i]),
+        sweep[i], GUIDED(PARAMS, RNG, num_steps=10, cond={"label": LABELS}, guidance_scale=scales[i]),
         rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
-        seeds[i], GUIDED(PARAMS, keys[i], num_steps=10, cond=LABELS, guidance_scale=3.0),
+        seeds[i], GUIDED(PARAMS, keys[i], num_steps=10, cond={"label": LABELS}, guidance_scale=3.0),
         rtol=1e-5, atol=1e-5)
 
 
@@ -162,17 +146,17 @@ def test_guidance_labels_editing_knobs_do_not_recompile():
     return class_apply(params, x_t, t, cond)
 
   shape = (8, 2, 2, 1)
-  fn = sampling.make_sampler(apply_fn, S, shape, sampler="heun", max_steps=20, null_label=K,
+  fn = sampling.make_sampler(apply_fn, S, shape, sampler="heun", max_steps=20, null_cond={"label": K},
                              spacing="karras")
   image = np.asarray(jax.random.normal(jax.random.key(2), shape))
   mask = np.zeros(shape, bool)
   mask[:, 0] = True
   settings = [
-      dict(num_steps=20, cond=np.zeros(8, np.int32), guidance_scale=1.0, x_known=image,
+      dict(num_steps=20, cond={"label": np.zeros(8, np.int32)}, guidance_scale=1.0, x_known=image,
            mask=mask, resample=1, init_image=image, strength=1.0),
-      dict(num_steps=6, cond=np.full(8, 2, np.int32), guidance_scale=4.0, x_known=-image,
+      dict(num_steps=6, cond={"label": np.full(8, 2, np.int32)}, guidance_scale=4.0, x_known=-image,
            mask=~mask, resample=3, init_image=2 * image, strength=0.4, eta=0.5),
-      dict(num_steps=11, cond=np.arange(8) % K, guidance_scale=0.0,
+      dict(num_steps=11, cond={"label": np.arange(8) % K}, guidance_scale=0.0,
            x_known=image, mask=mask, resample=2, init_image=image, strength=0.9,
            spacing="linspace"),
   ]
@@ -204,10 +188,10 @@ def test_dynamic_threshold_matches_imagen():
 
 def test_dynamic_thresholding_bounds_guided_samples():
   fn = sampling.make_sampler(class_apply, S, SHAPE, sampler="dpmpp_2m", max_steps=50,
-                             null_label=K, threshold=0.75)
-  loose = np.asarray(GUIDED(PARAMS, RNG, num_steps=20, cond=LABELS, guidance_scale=6.0))
+                             null_cond={"label": K}, threshold=0.75)
+  loose = np.asarray(GUIDED(PARAMS, RNG, num_steps=20, cond={"label": LABELS}, guidance_scale=6.0))
   assert np.abs(loose).max() > 5.0  # guidance 6 sends the class means far outside [-1, 1]
-  x = np.asarray(fn(PARAMS, RNG, num_steps=20, cond=LABELS, guidance_scale=6.0))
+  x = np.asarray(fn(PARAMS, RNG, num_steps=20, cond={"label": LABELS}, guidance_scale=6.0))
   assert np.abs(x).max() <= 1.0 and np.abs(x).max() > 0.9
 
 
@@ -257,9 +241,10 @@ def test_inpaint_step_noises_known_pixels_to_the_level_it_lands_on():
   step = jax.jit(wrapped.step)
   for t, t_prev in ((700, 300), (40, -1)):
     ab_prev = AB[t_prev] if t_prev >= 0 else 1.0
-    inputs = driver.StepInput(index=jnp.int32(3), rng=jax.random.key(5), t=jnp.int32(t),
-                              t_prev=jnp.int32(t_prev), alpha_bar=jnp.float32(AB[t]),
-                              alpha_bar_prev=jnp.float32(ab_prev))
+    inputs = loop.StepInput(index=jnp.int32(3),
+                            rng=jax.random.split(jax.random.key(5), EDIT_SHAPE[0]),
+                            t=jnp.int32(t), t_prev=jnp.int32(t_prev),
+                            alpha_bar=jnp.float32(AB[t]), alpha_bar_prev=jnp.float32(ab_prev))
     out = np.asarray(step(x, inputs))
     if t_prev < 0:
       np.testing.assert_array_equal(out[MASK], KNOWN[MASK])
@@ -330,7 +315,7 @@ def test_sdedit_strength_limits():
 
 def test_sdedit_starts_at_strength_times_T():
   ts = spacing.timesteps(T, 20)
-  table = driver.make_table(S, ts)
+  table = loop.make_table(S, ts)
   image = jnp.ones((2, 3))
   for strength in (0.3, 0.5, 0.95):
     cut, x = editing.sdedit_start(table, image, strength, T, jnp.zeros((2, 3)))

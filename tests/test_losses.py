@@ -28,7 +28,7 @@ def oracle(prediction, x0=X0):
 def test_perfect_predictor_has_zero_loss(prediction, weighting):
   loss_fn = jax.jit(losses.make_loss_fn(
       oracle(prediction), SCHEDULE, prediction=prediction, weighting=weighting))
-  batch = {"image": jnp.broadcast_to(X0, (64,) + X0.shape[1:])}
+  batch = {"x": jnp.broadcast_to(X0, (64,) + X0.shape[1:])}
   loss, aux = loss_fn(None, batch, jax.random.key(1))
   # eps from x0 divides by sigma, tiny at t = 0: float32 rounding, not a modelling error.
   assert float(loss) < 1e-5, (prediction, weighting, float(loss))
@@ -38,7 +38,7 @@ def test_perfect_predictor_has_zero_loss(prediction, weighting):
 def test_zero_predictor_has_unit_eps_loss():
   """Predicting eps = 0 costs E[eps^2] = 1 per pixel; predicting x0 = 0 costs E[x0^2]."""
   zero = lambda params, x_t, t, cond=None, **kw: jnp.zeros_like(x_t)
-  batch = {"image": jnp.full((256, 8, 8, 1), 0.5)}
+  batch = {"x": jnp.full((256, 8, 8, 1), 0.5)}
   eps_loss, _ = losses.make_loss_fn(zero, SCHEDULE, prediction="eps")(None, batch,
                                                                        jax.random.key(2))
   np.testing.assert_allclose(float(eps_loss), 1.0, atol=0.02)
@@ -62,7 +62,7 @@ def test_min_snr_weights_match_paper():
 def test_min_snr_loss_is_weighted_mse():
   """With a constant-error model, the weighted loss is the batch mean of the weights."""
   off_by_one = lambda params, x_t, t, cond=None, **kw: oracle("eps")(params, x_t, t) + 1.0
-  batch = {"image": jnp.broadcast_to(X0, (32,) + X0.shape[1:])}
+  batch = {"x": jnp.broadcast_to(X0, (32,) + X0.shape[1:])}
   rng = jax.random.key(3)
   loss, aux = losses.make_loss_fn(off_by_one, SCHEDULE, weighting="min_snr",
                                   min_snr_gamma=5.0)(None, batch, rng)
@@ -73,19 +73,38 @@ def test_min_snr_loss_is_weighted_mse():
                              rtol=1e-4)
 
 
-def test_label_dropout_uses_null_label():
+def test_cond_dropout_replaces_the_droppable_keys_by_the_null_condition_together():
   seen = {}
 
   def apply_fn(params, x_t, t, cond=None, **kw):
     seen["cond"] = cond
     return jnp.zeros_like(x_t)
 
-  batch = {"image": jnp.zeros((4000, 2, 2, 1)), "label": jnp.full((4000,), 3)}
-  losses.make_loss_fn(apply_fn, SCHEDULE, num_classes=10, label_dropout=0.25)(
+  n = 4000
+  cond = {"label": jnp.full((n,), 3), "embedding": jnp.ones((n, 2)),
+          "low_res": jnp.full((n, 1, 1, 1), 7.0)}
+  null = {"label": 10, "embedding": jnp.array([-1.0, -2.0])}  # low_res is never dropped
+  batch = {"x": jnp.zeros((n, 2, 2, 1)), "cond": cond}
+  losses.make_loss_fn(apply_fn, SCHEDULE, null_cond=null, cond_dropout=0.25)(
       None, batch, jax.random.key(4))
-  cond = np.asarray(seen["cond"])
-  assert set(np.unique(cond)) == {3, 10}
-  np.testing.assert_allclose(np.mean(cond == 10), 0.25, atol=0.03)
+  got = {k: np.asarray(v) for k, v in seen["cond"].items()}
+  dropped = got["label"] == 10
+  assert set(np.unique(got["label"])) == {3, 10}
+  np.testing.assert_allclose(np.mean(dropped), 0.25, atol=0.03)
+  # One coin per example: every droppable key of an example is dropped with its label.
+  np.testing.assert_array_equal(got["embedding"][dropped], np.tile([-1.0, -2.0], (dropped.sum(),
+                                                                                   1)))
+  np.testing.assert_array_equal(got["embedding"][~dropped], 1.0)
+  np.testing.assert_array_equal(got["low_res"], 7.0)
+
+
+def test_the_loss_is_shape_generic():
+  """Vectors (a prior over embeddings), 1-D signals and video: the same loss, same value."""
+  zero = lambda params, x_t, t, cond=None, **kw: jnp.zeros_like(x_t)
+  for shape in [(512, 6), (512, 16, 2), (128, 2, 4, 4, 3)]:
+    loss, _ = losses.make_loss_fn(zero, SCHEDULE)(None, {"x": jnp.ones(shape)},
+                                                  jax.random.key(6))
+    np.testing.assert_allclose(float(loss), 1.0, atol=0.05)  # E[eps^2] per entry
 
 
 def test_timesteps_cover_the_schedule_uniformly():
@@ -95,7 +114,7 @@ def test_timesteps_cover_the_schedule_uniformly():
     seen["t"] = t
     return jnp.zeros_like(x_t)
 
-  losses.make_loss_fn(apply_fn, SCHEDULE)(None, {"image": jnp.zeros((20000, 1, 1, 1))},
+  losses.make_loss_fn(apply_fn, SCHEDULE)(None, {"x": jnp.zeros((20000, 1, 1, 1))},
                                           jax.random.key(5))
   counts = np.bincount(np.asarray(seen["t"]), minlength=SCHEDULE.num_steps)
   assert counts.size == SCHEDULE.num_steps and counts.min() > 50
@@ -106,7 +125,8 @@ def test_timesteps_cover_the_schedule_uniformly():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prediction="noise"), "prediction"),
     (dict(weighting="snr"), "weighting"),
-    (dict(label_dropout=1.5), "label_dropout"),
+    (dict(cond_dropout=1.5), "cond_dropout"),
+    (dict(cond_dropout=0.1), "null_cond"),  # nothing to drop to
 ])
 def test_bad_options_are_rejected(kwargs, match):
   with pytest.raises(ValueError, match=match):

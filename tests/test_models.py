@@ -1,11 +1,14 @@
-"""Tests of the U-Net: shapes, conditioning, dropout, parameter counts, validation, and that it
-can fit a fixed batch.
+"""Tests of the U-Net: shapes, conditioning, dropout, parameter counts of every shipped config,
+validation, the fast-layer and plain paths, and that it can fit a fixed batch. Its internals
+are checked against diffusers in test_interop_diffusers.py.
 
 Compiles are the cost here (XLA:CPU), so one tiny model is compiled once and shared, other
 shapes are checked with `jax.eval_shape`, and random params come from numpy.
 """
 
+import importlib
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,19 +16,30 @@ import numpy as np
 import optax
 import pytest
 
-from configs.common import base_config
+from configs import cifar10_ddpm
 from diffax import models
+from diffax.pipeline import build
 
 
-def make_config(preset="tiny", size=8, channels=1, **model):
-  """A locked base config with a preset and then `model` overrides applied."""
-  c = base_config()
-  c.lock()
-  c.data.image_size, c.data.channels = size, channels
-  models.apply_preset(c, preset)
-  with c.model.unlocked():
-    c.model.update(model)
-  return c
+TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+            num_heads=2, dropout=0.0, num_groups=4, scale_shift=True)
+
+
+def arch(size=8, channels=1, **overrides):
+  """`models.create` keywords: the tiny test network, overridden."""
+  return dict(TINY, sample_shape=(size, size, channels), **overrides)
+
+
+def cifar_arch(width="full", **overrides):
+  """The network of configs/cifar10_ddpm.py (`half`: its half-width variant)."""
+  config = cifar10_ddpm.get_config("half" if width == "half" else None)
+  return dict(build_arch(config), **overrides)
+
+
+def build_arch(config):
+  m = config.model
+  return dict(sample_shape=build.sample_shape(config),
+              **{k: v for k, v in m.items() if k not in ("name", "dtype", "fast_layers")})
 
 
 def perturb(params, seed=1, scale=0.1):
@@ -40,26 +54,26 @@ def perturb(params, seed=1, scale=0.1):
       lambda p: base(p) + scale * rng.standard_normal(p.shape, dtype=np.float32), params)
 
 
-def inputs(config, batch=2, seed=0):
-  size, ch = config.data.image_size, config.data.channels
-  x = jax.random.normal(jax.random.key(seed), (batch, size, size, ch))  # [B, H, W, C]
+def inputs(kw, batch=2, seed=0):
+  x = jax.random.normal(jax.random.key(seed), (batch, *kw["sample_shape"]))  # [B, H, W, C]
   t = jnp.arange(batch, dtype=jnp.int32) * 337 % 1000  # [B]
   return x, t
 
 
 def labels(*values):
-  return jnp.array(values, jnp.int32)
+  return {"label": jnp.array(values, jnp.int32)}
 
 
-def ddpm_reference_count(config):
+def ddpm_reference_count(kw):
   """Parameters of the DDPM reference U-Net (diffusion_tf/models/unet.py), counted by hand.
 
   Independent of the Flax code: it walks the same architecture layer by layer. With
   scale_shift, each block's time projection is twice as wide (ADM).
   """
-  m, ch, res = config.model, config.model.base_channels, config.data.image_size
-  in_ch, emb = config.data.channels, 4 * config.model.base_channels
-  k = 2 if m.get("scale_shift", True) else 1
+  m = types.SimpleNamespace(**{"num_classes": 0, **kw})
+  ch, (res, _, in_ch) = m.base_channels, m.sample_shape
+  emb = 4 * ch
+  k = 2 if m.scale_shift else 1
   conv = lambda i, o: 9 * i * o + o
   norm = lambda c: 2 * c
   resblock = lambda i, o: (norm(i) + conv(i, o) + k * (emb * o + o) + norm(o) + conv(o, o)
@@ -97,17 +111,17 @@ def ddpm_reference_count(config):
 
 @pytest.fixture(scope="module")
 def tiny():
-  config = make_config(num_classes=3, dropout=0.5)
-  init_fn, apply_fn = models.create(config)
-  params = jax.jit(init_fn)(jax.random.key(0, impl="rbg"))
-  evaluate = jax.jit(lambda p, x, t, cond: apply_fn(p, x, t, cond))
-  train = jax.jit(lambda p, x, t, cond, rng: apply_fn(p, x, t, cond, train=True, rng=rng))
-  return config, apply_fn, params, evaluate, train
+  kw = arch(num_classes=3, dropout=0.5)
+  model = models.create(**kw)
+  params = jax.jit(model.init_fn)(jax.random.key(0, impl="rbg"))
+  evaluate = jax.jit(lambda p, x, t, cond: model.apply_fn(p, x, t, cond))
+  train = jax.jit(lambda p, x, t, cond, rng: model.apply_fn(p, x, t, cond, train=True, rng=rng))
+  return kw, model, params, evaluate, train
 
 
 def test_output_shape_dtype_and_zero_init(tiny):
-  config, _, params, evaluate, _ = tiny
-  x, t = inputs(config)
+  kw, _, params, evaluate, _ = tiny
+  x, t = inputs(kw)
   out = evaluate(params, x, t, labels(0, 1))
   assert out.shape == x.shape and out.dtype == jnp.float32
   # DDPM / ADM zero-initialise the output conv: the untrained model predicts exactly zero.
@@ -115,13 +129,13 @@ def test_output_shape_dtype_and_zero_init(tiny):
   out = evaluate(perturb(params), x, t, labels(0, 1))
   assert np.all(np.isfinite(out)) and float(jnp.std(out)) > 1e-3
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
-  assert models.count_params(params) == ddpm_reference_count(config)
+  assert models.count_params(params) == ddpm_reference_count(kw)
 
 
 def test_examples_are_independent_and_time_matters(tiny):
-  config, _, params, evaluate, _ = tiny
+  kw, _, params, evaluate, _ = tiny
   params = perturb(params)
-  x, t = inputs(config)
+  x, t = inputs(kw)
   cond = labels(0, 1)
   out = evaluate(params, x, t, cond)
   # Nothing mixes examples (GroupNorm is per example): changing example 0 leaves example 1.
@@ -132,29 +146,31 @@ def test_examples_are_independent_and_time_matters(tiny):
 
 
 def test_labels_change_the_output(tiny):
-  config, _, params, evaluate, _ = tiny
+  kw, _, params, evaluate, _ = tiny
   params = perturb(params)
-  x, t = inputs(config)
-  outs = [evaluate(params, x, t, labels(k, k)) for k in range(config.model.num_classes + 1)]
+  x, t = inputs(kw)
+  outs = [evaluate(params, x, t, labels(k, k)) for k in range(kw["num_classes"] + 1)]
   for i in range(len(outs)):
     for j in range(i):
       assert not np.allclose(outs[i], outs[j], atol=1e-4), (i, j)
 
 
-def test_none_is_the_null_label(tiny):
-  config, apply_fn, params, evaluate, _ = tiny
+def test_the_null_condition_is_the_null_label_and_none(tiny):
+  kw, model, params, evaluate, _ = tiny
   params = perturb(params)
-  x, t = inputs(config)
-  k = config.model.num_classes
+  x, t = inputs(kw)
+  k = kw["num_classes"]
+  assert model.null_cond == {"label": k} and model.cond_keys == ("label",)
   assert params["label_embed"]["embedding"].shape[0] == k + 1
-  np.testing.assert_allclose(jax.jit(apply_fn)(params, x, t), evaluate(params, x, t, labels(k, k)),
-                             rtol=1e-6, atol=1e-6)
+  null = evaluate(params, x, t, labels(k, k))
+  np.testing.assert_allclose(jax.jit(model.apply_fn)(params, x, t), null, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(evaluate(params, x, t, {}), null, rtol=1e-6, atol=1e-6)
 
 
 def test_dropout_only_in_training(tiny):
-  config, apply_fn, params, evaluate, train = tiny
+  kw, model, params, evaluate, train = tiny
   params = perturb(params)
-  x, t = inputs(config)
+  x, t = inputs(kw)
   cond = labels(0, 1)
   key = lambda seed: jax.random.key(seed, impl="rbg")  # see `tiny`: compiles faster
   a = train(params, x, t, cond, key(1))
@@ -162,14 +178,14 @@ def test_dropout_only_in_training(tiny):
   np.testing.assert_array_equal(a, train(params, x, t, cond, key(1)))
   assert not np.allclose(evaluate(params, x, t, cond), a, atol=1e-4)
   with pytest.raises(ValueError, match="dropout"):
-    apply_fn(params, x, t, cond, train=True)
+    model.apply_fn(params, x, t, cond, train=True)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output(tiny):
-  config, _, params, evaluate, _ = tiny
-  _, apply_bf16 = models.create(config, dtype=jnp.bfloat16)
+  kw, _, params, evaluate, _ = tiny
+  apply_bf16 = models.create(**kw, dtype="bfloat16").apply_fn
   params = perturb(params)
-  x, t = inputs(config)
+  x, t = inputs(kw)
   ref = evaluate(params, x, t, labels(0, 1))
   out = jax.jit(apply_bf16)(params, x, t, labels(0, 1))
   assert out.dtype == jnp.float32
@@ -177,14 +193,33 @@ def test_bfloat16_compute_keeps_float32_params_and_output(tiny):
   np.testing.assert_allclose(out, ref, atol=0.1 * float(jnp.max(jnp.abs(ref))))  # ... and close
 
 
+def test_plain_layers_give_the_fast_layers_values_and_gradients(tiny):
+  """The backend switch (hand-written gradients on CPU, JAX's autodiff elsewhere) changes how
+  XLA computes, never what: same parameters, outputs and gradients."""
+  kw, model, params, _, _ = tiny
+  plain = models.create(**kw, fast_layers=False)
+  assert jax.tree.structure(jax.eval_shape(plain.init_fn, jax.random.key(0))) == (
+      jax.tree.structure(params))
+  params = perturb(params)
+  x, t = inputs(kw)
+  cond = labels(0, 2)
+  loss = lambda apply: lambda p: jnp.sum(jnp.sin(apply(p, x, t, cond)))
+  both = jax.jit(lambda p: [jax.value_and_grad(loss(m.apply_fn))(p) for m in (model, plain)])
+  (v_fast, g_fast), (v_plain, g_plain) = both(params)
+  np.testing.assert_allclose(v_fast, v_plain, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7)
+  assert models.fast_layers_default() == (jax.default_backend() == "cpu")
+
+
 def test_overfits_a_fixed_batch(tiny):
   """150 Adam steps on one fixed (x_t, t, label, target) batch drive the MSE far down."""
-  _, apply_fn, params, _, _ = tiny
+  _, model, params, _, _ = tiny
   k1, k2 = jax.random.split(jax.random.key(42))
   x_t = jax.random.normal(k1, (4, 8, 8, 1))
   target = jax.random.normal(k2, (4, 8, 8, 1))
-  t, cond = labels(0, 250, 500, 999), labels(0, 1, 2, 3)
-  loss_fn = lambda p: jnp.mean(jnp.square(apply_fn(p, x_t, t, cond) - target))
+  t, cond = jnp.array([0, 250, 500, 999]), labels(0, 1, 2, 3)
+  loss_fn = lambda p: jnp.mean(jnp.square(model.apply_fn(p, x_t, t, cond) - target))
   tx = optax.adam(3e-3)
 
   @jax.jit
@@ -206,85 +241,128 @@ def test_overfits_a_fixed_batch(tiny):
 
 
 def test_16x16x3_additive_injection_with_attention_at_two_levels():
-  config = make_config(size=16, channels=3, attention_resolutions=(16, 8), scale_shift=False)
-  init_fn, apply_fn = models.create(config)
-  params = perturb(jax.eval_shape(init_fn, jax.random.key(0)), scale=0.05)
+  kw = arch(size=16, channels=3, attention_resolutions=(16, 8), scale_shift=False)
+  model = models.create(**kw)
+  params = perturb(jax.eval_shape(model.init_fn, jax.random.key(0)), scale=0.05)
   assert "down_0_attn_0" in params and "up_1_attn_1" in params
   assert params["mid_res_0"]["temb_proj"]["kernel"].shape == (64, 32)  # additive: no 2x
-  x, t = inputs(config)
-  out = jax.jit(apply_fn)(params, x, t)
+  x, t = inputs(kw)
+  out = jax.jit(model.apply_fn)(params, x, t)
   assert out.shape == x.shape and out.dtype == jnp.float32
   assert np.all(np.isfinite(out)) and float(jnp.std(out)) > 1e-3
-  assert models.count_params(params) == ddpm_reference_count(config)
+  assert models.count_params(params) == ddpm_reference_count(kw)
 
 
 @pytest.mark.parametrize("size, channels, mult, attn", [
     (8, 1, (1, 2), ()), (16, 3, (1, 2, 2), (8,)), (32, 3, (1, 2, 2), (16,)), (32, 4, (1,), (32,))])
 def test_output_shape_at_other_sizes(size, channels, mult, attn):
-  config = make_config(size=size, channels=channels, channel_mult=mult,
-                       attention_resolutions=attn)
-  init_fn, apply_fn = models.create(config)
-  shapes = jax.eval_shape(init_fn, jax.random.key(0))
+  kw = arch(size=size, channels=channels, channel_mult=mult, attention_resolutions=attn)
+  model = models.create(**kw)
+  shapes = jax.eval_shape(model.init_fn, jax.random.key(0))
   x = jax.ShapeDtypeStruct((2, size, size, channels), jnp.float32)
-  out = jax.eval_shape(apply_fn, shapes, x, jax.ShapeDtypeStruct((2,), jnp.int32))
+  out = jax.eval_shape(model.apply_fn, shapes, x, jax.ShapeDtypeStruct((2,), jnp.int32))
   assert out.shape == x.shape and out.dtype == jnp.float32
-  assert models.count_params(shapes) == ddpm_reference_count(config)
+  assert models.count_params(shapes) == ddpm_reference_count(kw)
 
 
 # -------------------------------------------------------------------------------------------
-# Parameter counts of the paper networks (shapes only: no memory, no compile).
+# Parameter counts of every shipped config (shapes only: no memory, no compile).
+
+SHIPPED = [("cifar10_ddpm", None, 35_746_307), ("cifar10_ddpm", "half", 8_952_067),
+           ("digits", None, 755_009), ("digits_cond", None, 756_417), ("mnist", None, None)]
 
 
-@pytest.mark.parametrize("preset, paper", [("ddpm_cifar10", 35.7e6), ("ddpm_cifar10_half", 9.0e6)])
-def test_preset_parameter_count(preset, paper):
-  config = make_config(preset, size=32, channels=3)
-  shapes = jax.eval_shape(models.create(config)[0], jax.random.key(0))
-  n = models.count_params(shapes)
-  assert n == ddpm_reference_count(config)
-  assert abs(n - paper) / paper < 0.01, n
+@pytest.mark.parametrize("name, variant, count", SHIPPED,
+                         ids=[f"{n}:{v}" if v else n for n, v, _ in SHIPPED])
+def test_every_shipped_config_builds_its_documented_network(name, variant, count):
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  kw = build_arch(config)
+  n = models.count_params(jax.eval_shape(build.model(config).init_fn, jax.random.key(0)))
+  assert n == ddpm_reference_count(kw)
+  if count is not None:
+    assert n == count, n
 
 
-def test_scale_shift_widens_the_time_projections():
-  config = make_config("ddpm_cifar10", size=32, channels=3, scale_shift=True)
-  n = models.count_params(jax.eval_shape(models.create(config)[0], jax.random.key(0)))
-  assert n == ddpm_reference_count(config) == 38_307_203  # 7 % over the paper: hence the flag
-
-
-def test_apply_preset_sets_fields_on_a_locked_config():
-  c = make_config("ddpm_cifar10", size=32, channels=3)
-  assert c.model.base_channels == 128 and tuple(c.model.channel_mult) == (1, 2, 2, 2)
-  assert c.model.scale_shift is False and c.model.dropout == 0.1
-  with pytest.raises(ValueError, match="tiny"):
-    models.apply_preset(c, "ddpm_imagenet")
+def test_the_ddpm_config_is_the_papers_network():
+  """Ho et al. 2020: 35.7M parameters, the time embedding added to the features (no ADM
+  scale-shift, which would make it 38.3M)."""
+  config = cifar10_ddpm.get_config()
+  assert config.model.scale_shift is False
+  n = models.count_params(jax.eval_shape(build.model(config).init_fn, jax.random.key(0)))
+  assert n == 35_746_307 and abs(n - 35.7e6) / 35.7e6 < 0.01
+  shift = cifar_arch(scale_shift=True)
+  n_shift = models.count_params(jax.eval_shape(models.create(**shift).init_fn,
+                                               jax.random.key(0)))
+  assert n_shift == ddpm_reference_count(shift) == 38_307_203
 
 
 # -------------------------------------------------------------------------------------------
-# Validation: bad input fails before anything is traced, naming the field.
+# Validation: bad input fails before anything is traced, naming the keyword.
 
-BAD_CONFIGS = [
-    (dict(name="dit"), "config.model.name"),
-    (dict(num_groups=3), "config.model.num_groups"),
-    (dict(attention_resolutions=(2,)), "config.model.attention_resolutions"),
-    (dict(size=10, channel_mult=(1, 2, 2)), "config.data.image_size"),
-    (dict(num_heads=3), "config.model.num_heads"),
-    (dict(dropout=1.0), "config.model.dropout"),
-    (dict(dtype="float8"), "config.model.dtype"),
+BAD = [
+    (dict(name="dit"), "model name"),
+    (dict(num_groups=3), "num_groups"),
+    (dict(attention_resolutions=(2,)), "attention_resolutions"),
+    (dict(size=10, channel_mult=(1, 2, 2)), "divisible"),
+    (dict(num_heads=3, attention_resolutions=(8,)), "num_heads"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dtype="float8"), "dtype"),
+    (dict(num_classes=-1), "num_classes"),
 ]
 
 
-@pytest.mark.parametrize("overrides, field", BAD_CONFIGS, ids=[f for _, f in BAD_CONFIGS])
-def test_bad_config_fails_early_naming_the_field(overrides, field):
-  config = make_config(**overrides)
-  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    models.create(config)
+@pytest.mark.parametrize("overrides, match", BAD, ids=[m for _, m in BAD])
+def test_bad_arguments_fail_early_naming_the_keyword(overrides, match):
+  size = overrides.pop("size", 8)
+  name = overrides.pop("name", "unet")
+  with pytest.raises(ValueError, match=match):
+    models.create(name, **arch(size=size, **overrides))
 
 
-def test_bad_inputs_name_the_config_field():
-  config = make_config()
-  init_fn, apply_fn = models.create(config)
-  params = jax.eval_shape(init_fn, jax.random.key(0))
+def test_the_pipeline_names_the_config_field():
+  config = cifar10_ddpm.get_config("smoke")
+  config.model.num_groups = 3
+  with pytest.raises(ValueError, match=r"config\.model: num_groups=3"):
+    build.model(config)
+
+
+def test_bad_inputs_are_named():
+  model = models.create(**arch())
+  params = jax.eval_shape(model.init_fn, jax.random.key(0))
   t = jax.ShapeDtypeStruct((2,), jnp.int32)
-  with pytest.raises(ValueError, match=r"config\.data\.image_size"):
-    apply_fn(params, jnp.zeros((2, 16, 16, 1)), t)
-  with pytest.raises(ValueError, match=r"config\.model\.num_classes"):  # labels, unconditional
-    jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32), t, t)
+  x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+  with pytest.raises(ValueError, match="sample_shape"):
+    model.apply_fn(params, jnp.zeros((2, 16, 16, 1)), t)
+  with pytest.raises(ValueError, match="does not read"):  # labels, unconditional
+    jax.eval_shape(model.apply_fn, params, x, t, {"label": t})
+  with pytest.raises(ValueError, match="dict"):  # the old calling convention
+    jax.eval_shape(model.apply_fn, params, x, t, t)
+
+
+# -------------------------------------------------------------------------------------------
+# ADM's scale-shift against its formula (Dhariwal & Nichol 2021, sec. 3: GroupNorm(h)(1 + s) + b).
+
+
+def test_scale_shift_resblock_matches_adm_formula():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from diffax.models import layers  # pylint: disable=g-import-not-at-top
+  block = layers.ResBlock(8, num_groups=4, scale_shift=True)
+  k = jax.random.split(jax.random.key(3), 2)
+  x = jax.random.normal(k[0], (2, 4, 4, 8))
+  emb = jax.random.normal(k[1], (2, 12))
+  params = perturb(block.init(jax.random.key(0), x, emb, train=False)["params"], scale=0.3)
+
+  def gn(p, h):
+    return nn.GroupNorm(4, epsilon=1e-6).apply({"params": p}, h)
+
+  def conv(p, h):
+    return jax.lax.conv_general_dilated(h, p["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+  h = conv(params["conv1"], jax.nn.silu(gn(params["norm1"], x)))
+  e = jax.nn.silu(emb) @ params["temb_proj"]["kernel"] + params["temb_proj"]["bias"]
+  scale, shift = e[:, None, None, :8], e[:, None, None, 8:]
+  h = gn(params["norm2"], h) * (1 + scale) + shift
+  want = x + conv(params["conv2"], jax.nn.silu(h))
+  got = block.apply({"params": params}, x, emb, train=False)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -49,7 +49,7 @@ def _env(num_devices, **extra):
 
 
 def _losses(workdir):
-  from diffax import metric_writer  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import metric_writer  # pylint: disable=g-import-not-at-top
   return {r["step"]: r["loss"] for r in metric_writer.read_metrics(str(workdir))}
 
 
@@ -104,7 +104,7 @@ def _one_process_run(workdir, monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, REPO)
   from configs import digits  # pylint: disable=g-import-not-at-top
-  from diffax import data, parallel, train  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import data, parallel, train  # pylint: disable=g-import-not-at-top
   real_iterator, real_mesh = data.create_iterator, parallel.create_mesh
 
   def both_shards(config, *, start_step=0, process_index=None, process_count=None):
@@ -192,7 +192,7 @@ def test_config_reaches_the_distributed_runtime(monkeypatch):
   """config.distributed overrides the environment and sets JAX's timeouts."""
   sys.path.insert(0, REPO)
   from configs import digits  # pylint: disable=g-import-not-at-top
-  from diffax import train  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
@@ -214,7 +214,7 @@ def test_config_reaches_the_distributed_runtime(monkeypatch):
 def _peer_main():
   """A process of a 2-process run doing collectives until something stops it."""
   import jax  # pylint: disable=g-import-not-at-top
-  from diffax import parallel  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import parallel  # pylint: disable=g-import-not-at-top
   assert parallel.initialize_distributed(heartbeat_timeout=5)
   mesh = parallel.create_mesh()
   total = jax.jit(lambda x: x.sum(), out_shardings=parallel.replicated(mesh))

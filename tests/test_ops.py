@@ -21,9 +21,10 @@ def _perturbed(params, seed):
                                    for p, k in zip(leaves, keys)])
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 @pytest.mark.parametrize("shape", [(3, 8, 8, 16), (2, 12, 16), (2, 3, 4, 4, 8), (5, 16)],
                          ids=["2d", "1d", "3d", "no_spatial"])
-def test_group_norm_matches_flax_in_value_and_gradient(shape):
+def test_group_norm_matches_flax_in_value_and_gradient(shape, fast):
   k = jax.random.split(jax.random.key(0), 4)
   x = 3.0 * jax.random.normal(k[0], shape) + 1.5  # a mean far from 0 tests the variance form
   c = shape[-1]
@@ -31,7 +32,7 @@ def test_group_norm_matches_flax_in_value_and_gradient(shape):
   bias = 0.2 * jax.random.normal(k[2], (c,))
   weights = jax.random.normal(k[3], shape)
   flax_gn = lambda x, s, b: nn.GroupNorm(4).apply({"params": {"scale": s, "bias": b}}, x)
-  ours = lambda x, s, b: ops.group_norm(x, s, b, 4)
+  ours = lambda x, s, b: ops.group_norm(x, s, b, 4, fast=fast)
   # SiLU and a random weighting make the cotangent non-trivial in every element.
   loss = lambda f: lambda *a: jnp.sum(jax.nn.silu(f(*a)) * weights)
   both = jax.jit(lambda *a: [(f(*a), jax.grad(loss(f), (0, 1, 2))(*a)) for f in (ours, flax_gn)])
@@ -72,15 +73,18 @@ def test_bias_gradient_is_the_sum_over_rows():
   np.testing.assert_allclose(db, dy.sum((0, 1, 2)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 @pytest.mark.parametrize("ours,theirs", [
-    (layers.Dense(8), nn.Dense(8, kernel_init=layers.default_init)),
-    (layers.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+    (lambda fast: layers.Dense(8, fast=fast), nn.Dense(8, kernel_init=layers.default_init)),
+    (lambda fast: layers.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), fast=fast),
      nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
              kernel_init=layers.default_init)),
-    (layers.GroupNorm(4), nn.GroupNorm(4)),
+    (lambda fast: layers.GroupNorm(4, fast=fast), nn.GroupNorm(4)),
 ], ids=["dense", "conv", "group_norm"])
-def test_layers_are_flax_layers_with_the_same_parameters(ours, theirs):
-  """Same parameter tree (checkpoints interchange), same values, same gradients."""
+def test_layers_are_flax_layers_with_the_same_parameters(ours, theirs, fast):
+  """Same parameter tree (checkpoints interchange), same values, same gradients, on the
+  hand-written-gradient path (CPU) and the plain one (GPU, TPU)."""
+  ours = ours(fast)
   x = jax.random.normal(jax.random.key(5), (2, 8, 8, 16))
   params = theirs.init(jax.random.key(6), x)
   assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(6), x))

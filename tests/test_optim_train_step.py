@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from configs import common
-from diffax import optim
-from diffax import train_state as train_state_lib
-from diffax import train_step as train_step_lib
+from diffax.pipeline import optim
+from diffax.pipeline import state as train_state_lib
+from diffax.pipeline import step as train_step_lib
 
 DIM = 4
 
@@ -137,14 +137,20 @@ def test_step_is_deterministic_and_rng_follows_the_step():
 
 
 def test_ema_after_one_step_is_exact():
+  """The EMA averages in the params *after* the update (at a step past the warm-up of the
+  learning rate, so that the update really moves them)."""
   state = fresh_state()
+  for _ in range(5):  # past the 3 warm-up steps of the learning rate
+    state, _ = STEP(state, BATCH, BASE_RNG)
   state = state.replace(ema_params={"w": jnp.array([10.0, -10.0, 0.0, 1.0])})
   ema_before = np.asarray(state.ema_params["w"])
   new_state, _ = STEP(state, BATCH, BASE_RNG)
-  d = min(CONFIG.optim.ema_decay, 1 / 10)  # the warm-up at step 0
+  moved = np.abs(np.asarray(new_state.params["w"]) - np.asarray(state.params["w"]))
+  assert moved.min() > 0.05  # the learning rate is 0.1 here: the params changed
+  d = min(CONFIG.optim.ema_decay, 6 / 15)  # the decay's warm-up at step 5
   expected = d * ema_before + (1 - d) * np.asarray(new_state.params["w"])
   np.testing.assert_allclose(new_state.ema_params["w"], expected, rtol=1e-6, atol=1e-7)
-  assert int(new_state.step) == 1
+  assert int(new_state.step) == 6
 
 
 def test_ema_decay_warms_up_to_the_configured_decay():

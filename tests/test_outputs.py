@@ -5,8 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from diffax import image_grid
-from diffax import metric_writer
+from diffax.pipeline import images as image_grid
+from diffax.pipeline import metric_writer
 
 
 def test_grid_places_each_image_in_its_cell(tmp_path):

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffax import optim
-from diffax import parallel
-from diffax import train_state as train_state_lib
-from diffax import train_step as train_step_lib
+from diffax.pipeline import optim
+from diffax.pipeline import parallel
+from diffax.pipeline import state as train_state_lib
+from diffax.pipeline import step as train_step_lib
 
 DIM, HIDDEN, BATCH_SIZE, NUM_STEPS = 8, 16, 16, 5
 

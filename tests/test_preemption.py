@@ -23,14 +23,14 @@ import jax
 import numpy as np
 import pytest
 
-from diffax import checkpoint
-from diffax import data
-from diffax import metric_writer
-from diffax import models
-from diffax import optim
-from diffax import parallel
-from diffax import train
-from diffax import train_state as train_state_lib
+from diffax.pipeline import build
+from diffax.pipeline import checkpoint
+from diffax.pipeline import data
+from diffax.pipeline import metric_writer
+from diffax.pipeline import optim
+from diffax.pipeline import parallel
+from diffax.pipeline import train
+from diffax.pipeline import state as train_state_lib
 
 # The failed save leaves a TensorStore callback aimed at Orbax's closed asyncio loop and an
 # unawaited write coroutine; Python reports them when they are collected, possibly during a
@@ -165,7 +165,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypat
 
 
 def _restore(config, workdir, step):
-  init_fn, _ = models.create(config)
+  init_fn = build.model(config).init_fn
   tx, _ = optim.create_optimizer(config)
   target = parallel.abstract_state(
       lambda rng: train_state_lib.create_train_state(init_fn, tx, rng), parallel.create_mesh(),

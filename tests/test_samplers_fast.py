@@ -27,9 +27,10 @@ from diffax import sampling
 from diffax import schedules
 from diffax.sampling import ddim
 from diffax.sampling import dpm_solver
-from diffax.sampling import driver
 from diffax.sampling import euler_ancestral
+from diffax.sampling import loop
 from diffax.sampling import spacing
+from conftest import CompileCounter, assert_law
 
 T = 1000
 S = schedules.cosine(T)
@@ -63,7 +64,7 @@ COMPILED = {name: sampling.make_sampler(gaussian_apply, S, SHAPE, sampler=name,
                                         max_steps=MAX_STEPS)
             for name in DETERMINISTIC}
 RNG = jax.random.key(0)
-X_T = np.asarray(jax.random.normal(jax.random.split(RNG)[0], SHAPE), np.float64)  # driver's x_T
+X_T = np.asarray(loop.initial_noise(RNG, SHAPE), np.float64)  # the loop's x_T
 
 
 def ode_solution(x_T, sigma_first, sigma_last):
@@ -88,8 +89,9 @@ def trajectory(make, table, x_T):
 
   def body(carry, xs):
     i, row = xs
-    inputs = driver.StepInput(index=i, rng=jax.random.key(0), t=row.t, t_prev=row.t_prev,
-                              alpha_bar=row.alpha_bar, alpha_bar_prev=row.alpha_bar_prev)
+    keys = jax.random.split(jax.random.key(0), x_T.shape[0])
+    inputs = loop.StepInput(index=i, rng=keys, t=row.t, t_prev=row.t_prev,
+                            alpha_bar=row.alpha_bar, alpha_bar_prev=row.alpha_bar_prev)
     carry = sampler.step(carry, inputs)
     return carry, sampler.final(carry)
 
@@ -113,7 +115,7 @@ def test_dpmpp_first_order_update_is_ddim():
 
   @jax.jit
   def both(x, eps):
-    x0, _ = driver.denoise(eps, x, ab)
+    x0, _ = loop.denoise(eps, x, ab)
     dpm = dpm_solver.dpmpp_2m_update(x, x0, 100.0 * x0, ab, ab_prev, jnp.zeros(()), False)
     return dpm, ddim.generalized_step(eps, x, ab, ab_prev, jnp.zeros_like(x))
 
@@ -124,7 +126,7 @@ def test_dpmpp_first_order_update_is_ddim():
 
 def test_dpmpp_order1_equals_ddim_step_by_step():
   ts = spacing.timesteps(T, 25, "karras", alphas_cumprod=AB)
-  table = driver.make_table(S, ts)
+  table = loop.make_table(S, ts)
   x_T = jnp.asarray(X_T, jnp.float32)
   ddim_path = trajectory(ddim.sampler, table, x_T)
   first_order = trajectory(functools.partial(dpm_solver.sampler, order=1), table, x_T)
@@ -137,7 +139,7 @@ def test_dpmpp_order1_equals_ddim_step_by_step():
   np.testing.assert_allclose(second_order[0], ddim_path[0], rtol=1e-5, atol=1e-6)
   assert np.abs(second_order[1:] - np.asarray(ddim_path[1:])).max() > 1e-2
   x_prev = jnp.asarray(second_order[-2])
-  x0_last = np.asarray(driver.denoise(gaussian_apply(PARAMS, x_prev, jnp.full((B,), ts[-1])),
+  x0_last = np.asarray(loop.denoise(gaussian_apply(PARAMS, x_prev, jnp.full((B,), ts[-1])),
                                       x_prev, AB[ts[-1]])[0])
   np.testing.assert_allclose(second_order[-1], x0_last, rtol=1e-5, atol=1e-5)
 
@@ -184,7 +186,7 @@ def continuous_table(num_steps, max_steps=MAX_STEPS, sigma_min=0.002, sigma_max=
   active = index < num_steps
   t = np.where(active, index, 0)
   t_prev = np.where(index + 1 < num_steps, index + 1, -1)
-  table = driver.Table(t=jnp.asarray(t, jnp.int32), t_prev=jnp.asarray(t_prev, jnp.int32),
+  table = loop.Table(t=jnp.asarray(t, jnp.int32), t_prev=jnp.asarray(t_prev, jnp.int32),
                        alpha_bar=jnp.asarray(ab[t], jnp.float32),
                        alpha_bar_prev=jnp.asarray(np.where(t_prev >= 0, ab[t_prev], 1.0),
                                                   jnp.float32),
@@ -245,13 +247,6 @@ def ddpm_chain_law(ts):
   return m, v
 
 
-def assert_law(x, mean, var, z=5.0):
-  x = np.asarray(x, np.float64)
-  n = x.shape[0]
-  np.testing.assert_array_less(np.abs(x.mean(0) - mean), z * np.sqrt(var / n))
-  np.testing.assert_array_less(np.abs(x.var(0) - var), z * var * np.sqrt(2 / n))
-
-
 def test_euler_ancestral_follows_its_chain_and_recovers_the_data_law():
   ts = spacing.timesteps(T, 50, "karras", alphas_cumprod=AB)
   m, v = ddpm_chain_law(ts)
@@ -268,7 +263,7 @@ def test_euler_ancestral_follows_its_chain_and_recovers_the_data_law():
   # eta = 0 (a traced knob, same program) is the deterministic Euler method = DDIM, eta = 0: the
   # noise key no longer matters, only x_T, and the 20-step error is DDIM's (4e-2 RMS).
   euler = np.asarray(EULER_A(PARAMS, jax.random.key(3), num_steps=20, eta=0.0), np.float64)
-  x_T = np.asarray(jax.random.normal(jax.random.split(jax.random.key(3))[0], (N_LAW, 2, 2, 1)))
+  x_T = np.asarray(loop.initial_noise(jax.random.key(3), (N_LAW, 2, 2, 1)))
   ts = spacing.timesteps(T, 20)
   assert rms(euler, ode_solution(x_T, edm_sigma(AB[ts[0]]), edm_sigma(AB[ts[-1]]))) < 0.05
 
@@ -314,24 +309,6 @@ def test_predictions_give_the_same_samples(name, prediction):
                              rtol=1e-3, atol=1e-3)
 
 
-class CompileCounter:
-  """Counts XLA compilations (the backend-compile event fires on persistent-cache hits too)."""
-
-  def __init__(self):
-    self.names = []
-
-  def __call__(self, event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.names.append(kwargs.get("fun_name"))
-
-  def __enter__(self):
-    jax.monitoring.register_event_duration_secs_listener(self)
-    return self
-
-  def __exit__(self, *exc):
-    jax.monitoring.unregister_event_duration_listener(self)
-
-
 def test_steps_eta_table_and_params_are_traced():
   traces = []
 
@@ -369,7 +346,8 @@ def test_steps_eta_table_and_params_are_traced():
     (dict(max_steps=0), "max_steps"),
     (dict(prediction="score"), "prediction"),
     (dict(threshold=1.5), "threshold"),
-    (dict(null_label=-1), "null_label"),
+    (dict(null_cond={}), "null_cond"),
+    (dict(null_cond={"colour": 0}), "unknown key"),
     (dict(shape=(0, 2)), "shape"),
 ])
 def test_make_sampler_validates_up_front(kwargs, match):
@@ -386,13 +364,13 @@ def test_make_sampler_validates_up_front(kwargs, match):
     (dict(timesteps=np.array([5, 9])), "decreasing"),
     (dict(timesteps=np.arange(MAX_STEPS + 1)[::-1]), "max_steps"),
     (dict(eta=-0.1), "eta"),
-    (dict(guidance_scale=2.0), "null_label"),
+    (dict(guidance_scale=2.0), "null_cond"),
     (dict(mask=np.ones(SHAPE, bool)), "x_known"),
     (dict(strength=0.5), "init_image"),
     (dict(init_image=np.zeros(SHAPE), strength=0.0), "strength"),
     (dict(init_image=np.zeros((3, 3))), "init_image"),
     (dict(x_known=np.zeros(SHAPE), mask=np.ones((3, 3), bool)), "mask"),
-    (dict(cond=np.zeros(B, np.int32)), None),  # labels without guidance go to the model
+    (dict(cond={"label": np.zeros(B, np.int32)}), None),  # a cond without guidance: the model's
     (dict(x_known=np.zeros(SHAPE), mask=np.ones(SHAPE, bool), resample=0), "resample"),
     (dict(spacing="cubic"), "spacing"),
 ])

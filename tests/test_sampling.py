@@ -12,8 +12,9 @@ import pytest
 from diffax import diffusion
 from diffax import sampling
 from diffax import schedules
-from diffax.sampling import driver
+from diffax.sampling import loop
 from diffax.sampling import spacing
+from conftest import assert_law
 
 T = 100
 S = schedules.cosine(T)
@@ -70,14 +71,6 @@ def chain_law(ts, sampler, eta=0.0, ab=AB):
       a, b, c2_noise = np.sqrt(a_p) * x0_a + d * eps_a, np.sqrt(a_p) * x0_b + d * eps_b, sig**2
     m, v = a * m + b, a**2 * v + c2_noise
   return m, v
-
-
-def assert_law(x, mean, var, z=5.0):
-  """Sample mean/variance per pixel within z standard errors of the exact Gaussian law."""
-  x = np.asarray(x, np.float64)
-  n = x.shape[0]
-  np.testing.assert_array_less(np.abs(x.mean(0) - mean), z * np.sqrt(var / n))
-  np.testing.assert_array_less(np.abs(x.var(0) - var), z * var * np.sqrt(2 / n))
 
 
 def draw(sampler, num_steps=None, eta=0.0, prediction="eps", seed=0, **kw):
@@ -235,7 +228,7 @@ def test_ddim_few_steps_follows_its_affine_chain(num_steps, spacing_name):
   x = draw("ddim", num_steps=num_steps, spacing=spacing_name)
   assert_law(x, m, v)
   # Deterministic DDIM is an affine map of x_T per pixel: check it exactly, not just in law.
-  x_T = jax.random.normal(jax.random.split(jax.random.key(0))[0], SHAPE)
+  x_T = loop.initial_noise(jax.random.key(0), SHAPE)
   z = np.asarray(x_T, np.float64)
   np.testing.assert_allclose(np.asarray(x), m + np.sqrt(v) * z, rtol=1e-3, atol=2e-3)
 
@@ -272,15 +265,15 @@ def test_padded_table_skips_inactive_steps():
   """A table padded past num_active gives the same samples as the unpadded one."""
   ts = spacing.timesteps(T, 10)
   sampler = sampling.SAMPLERS["ddpm"](PREDICTORS["eps"], prediction="eps")
-  run = jax.jit(lambda table, rng: driver.run(sampler, table, (256, 2, 2, 1), rng))
+  run = jax.jit(lambda table, rng: loop.run(sampler, table, (256, 2, 2, 1), rng))
   rng = jax.random.key(5)
-  plain = run(driver.make_table(S, ts), rng)
+  plain = run(loop.make_table(S, ts), rng)
   padded_ts = np.concatenate([ts, np.full(6, 17, np.int32)])
-  table = driver.make_table(S, padded_ts, num_active=10)
+  table = loop.make_table(S, padded_ts, num_active=10)
   assert table.t_prev[9] == -1 and not np.any(table.active[10:])
   np.testing.assert_array_equal(run(table, rng), plain)
   # The same compiled function runs a shorter chain when num_active shrinks.
-  short = run(driver.make_table(S, padded_ts, num_active=4), rng)
+  short = run(loop.make_table(S, padded_ts, num_active=4), rng)
   assert not np.allclose(short, plain)
 
 

@@ -5,7 +5,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -172,13 +171,9 @@ def test_extract_broadcasts():
   np.testing.assert_array_equal(out[:, 0, 0, 0], [1.0, 5.0, 9.0])
 
 
-def test_from_config_and_pytree():
-  cfg = ml_collections.ConfigDict(
-      {"schedule": "linear", "num_steps": 50, "beta_start": 1e-3, "beta_end": 0.05})
-  s = schedules.from_config(cfg)
+def test_schedule_is_a_pytree():
+  s = schedules.linear(50, beta_start=1e-3, beta_end=0.05)
   np.testing.assert_allclose(np.asarray(s.betas)[[0, -1]], [1e-3, 0.05], rtol=1e-6)
-  cfg.schedule = "cosine"
-  np.testing.assert_array_equal(schedules.from_config(cfg).betas, schedules.cosine(50).betas)
   # A Schedule passes through jit as a pytree of arrays; num_steps stays a static int.
   out = jax.jit(lambda s: (s.num_steps, s.alphas_cumprod * 2))(s)
   assert out[0] == 50
@@ -198,8 +193,6 @@ def test_from_config_and_pytree():
     lambda: schedules.from_betas([[0.1]]),
     lambda: schedules.from_betas([0.1, 0.0]),
     lambda: schedules.from_betas([0.1, np.nan]),
-    lambda: schedules.from_config(ml_collections.ConfigDict({"schedule": "sigmoid",
-                                                             "num_steps": 10})),
     lambda: diffusion.check_prediction("score"),
     lambda: diffusion.target(0.0, 0.0, 1.0, 0.0, "score"),
 ])

@@ -12,24 +12,18 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import digits
-from diffax import data
-from diffax import generate
-from diffax import metric_writer
-from diffax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def subprocess_env():
-  """A script run like this process: 8 fake CPU devices and the tests' compilation cache."""
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-              DIFFAX_COMPILATION_CACHE=os.environ["DIFFAX_TEST_COMPILATION_CACHE"])
-
+from diffax.pipeline import data
+from diffax.pipeline import errors
+from diffax.pipeline import metric_writer
+from diffax.pipeline import tasks
+from diffax.pipeline import train
+from conftest import REPO, subprocess_env
 
 def losses_by_step(workdir):
   return {r["step"]: r["loss"] for r in metric_writer.read_metrics(str(workdir))}
@@ -56,6 +50,16 @@ def test_run_writes_everything_a_user_looks_at(reference_run):
   assert grid.exists()
   samples = np.load(grid.with_suffix(".npz"))["samples"]
   assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
+
+
+def test_training_grids_are_drawn_from_the_ema_params(reference_run, tiny_config):
+  workdir, state = reference_run
+  grid = np.load(workdir / "samples" / "step_00000020.npz")["samples"]
+  task = tasks.create(tiny_config())
+  request = task.sample_request(mesh=None)
+  ema, raw = jax.device_get((state.ema_params, state.params))
+  np.testing.assert_allclose(request(ema, task.sample_rng(20)), grid, atol=1e-5)
+  assert np.abs(request(raw, task.sample_rng(20)) - grid).max() > 1e-3  # raw params differ
 
 
 def test_resumed_run_logs_identical_losses(reference_run, tmp_path, tiny_config):
@@ -143,7 +147,7 @@ def test_nonfinite_loss_stops_without_saving(tmp_path, monkeypatch, tiny_config)
       yield batch
 
   monkeypatch.setattr(data, "create_iterator", poisoned)
-  with pytest.raises(train.NonFiniteLossError, match="step 4"):
+  with pytest.raises(errors.NonFiniteLossError, match="step 4"):
     train.train_and_evaluate(tiny_config(**{"train.checkpoint_every": 4}), str(tmp_path))
   assert not os.listdir(tmp_path / "checkpoints")
   assert max(losses_by_step(tmp_path)) == 3
@@ -162,15 +166,15 @@ def test_mock_tfds_dataset_trains_and_resumes(tmp_path, tiny_config):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("sample.sampler", "ddmi", "sample.sampler"),
-    ("diffusion.schedule", "quadratic", "diffusion.schedule"),
-    ("diffusion.prediction", "noise", "diffusion.prediction"),
-    ("diffusion.loss_weighting", "snr", "diffusion.loss_weighting"),
-    ("model.name", "dit", "model.name"),
+    ("sample.sampler", "ddmi", r"config\.sample: unknown sampler 'ddmi'"),
+    ("diffusion.schedule", "quadratic", r"config\.diffusion\.schedule='quadratic'"),
+    ("diffusion.prediction", "noise", r"config\.diffusion: unknown prediction 'noise'"),
+    ("diffusion.loss_weighting", "snr", r"config\.diffusion\.loss_weighting='snr'"),
+    ("model.name", "dit", r"config\.model: unknown model name 'dit'"),
     ("data.dataset", "not_a_dataset", "not_a_dataset"),
     ("train.batch_size", 12, "batch_size=12"),
-    ("train.num_steps", 0, "train.num_steps"),
-    ("sample.num_steps", 5000, "sample.num_steps"),
+    ("train.num_steps", 0, r"config\.train\.num_steps must be an int >= 1"),
+    ("sample.num_steps", 5000, r"config\.sample\.num_steps=5000 exceeds"),
     ("train.grad_accum_steps", 4, r"batch_size=16 must be a multiple of .*grad_accum_steps=4"),
     ("model.dtype", "bf16", "model.dtype"),
     ("train.nonfinite", "ignore", "train.nonfinite"),
@@ -180,7 +184,7 @@ def test_bad_config_fails_before_anything_runs(tmp_path, key, value, match, tiny
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
   assert time.perf_counter() - start < 60  # guards against a network retry loop, not speed
-  assert not (tmp_path / "checkpoints").exists()
+  assert not os.listdir(tmp_path)  # nothing written: no config.json, no checkpoints
 
 
 def test_configs_are_locked_and_complete():

@@ -1,78 +1,120 @@
-"""Denoising networks. `create(config) -> (init_fn, apply_fn)` is the only entry point the rest
-of diffax uses; nothing outside this package knows Flax.
+"""Denoising networks. `create(...) -> Model` is the only entry point the rest of diffax uses;
+nothing outside this package knows Flax.
 
-  init_fn, apply_fn = diffax.models.create(config)
-  params = init_fn(jax.random.key(0))          # the Flax 'params' collection, float32
-  out = apply_fn(params, x_t, t)                # [B, H, W, C] -> [B, H, W, C], float32
-  out = apply_fn(params, x_t, t, labels, train=True, rng=dropout_rng)
+  model = diffax.models.create("unet", sample_shape=(8, 8, 1), base_channels=32,
+                               channel_mult=(1, 2), num_classes=10)
+  init_fn, apply_fn = model                     # a Model unpacks as (init_fn, apply_fn)
+  params = init_fn(jax.random.key(0))           # the Flax 'params' collection, float32
+  out = apply_fn(params, x_t, t)                # [B, 8, 8, 1] -> [B, 8, 8, 1], float32
+  out = apply_fn(params, x_t, t, {"label": labels}, train=True, rng=dropout_rng)
+  model.null_cond                               # {"label": 10}: the dropped condition
+
+Arguments are keywords and arrays; a bad value raises ValueError naming the keyword.
 """
 
+import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from diffax.models import presets
+from diffax import conditioning
 from diffax.models import unet
-from diffax.models.presets import PRESETS, apply_preset
-from diffax.models.unet import UNet
 
-# config.model.name -> builder(config, dtype) -> a Flax module called as
-# module(x_t, t, cond, train=...) that returns a float32 array shaped like x_t.
-MODELS = {"unet": unet.from_config}
+# name -> builder(sample_shape, dtype, fast_layers, **arch) -> (flax module, null_cond).
+# The module is called as module(x_t, t, cond, train=...) and returns float32 shaped like x_t.
+MODELS = {"unet": unet.build}
 
-# Compute dtypes (config.model.dtype); parameters are float32 whatever this is.
+# Compute dtypes; parameters are float32 whatever this is.
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def create(config, *, dtype=None) -> tuple[Callable, Callable]:
-  """Builds the model named by config.model.name.
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A network as pure functions. Unpacks as `init_fn, apply_fn = model`.
+
+  Attributes:
+    init_fn: `init_fn(rng) -> params`.
+    apply_fn: `apply_fn(params, x_t, t, cond=None, *, train=False, rng=None) -> prediction`,
+      x_t `[B, *sample_shape]`, t `i32[B]`, cond a conditioning dict (`diffax.conditioning`) or
+      None (the null condition of every key the model reads); rng feeds dropout when training.
+    null_cond: the value each droppable key of cond takes when dropped (no batch axis); empty
+      for an unconditional model.
+    cond_keys: the keys of cond the model reads.
+    sample_shape: the shape of one example, e.g. (H, W, C).
+  """
+  init_fn: Callable
+  apply_fn: Callable
+  null_cond: dict
+  cond_keys: tuple
+  sample_shape: tuple
+
+  def __iter__(self):
+    return iter((self.init_fn, self.apply_fn))
+
+
+def fast_layers_default() -> bool:
+  """Whether the hand-written-gradient layers (`ops`) serve this backend: on CPU, where they
+  were measured faster (benchmarks/README.md); elsewhere Flax's plain autodiff."""
+  return jax.default_backend() == "cpu"
+
+
+def create(name: str = "unet", *, sample_shape, dtype="float32",
+           fast_layers: Optional[bool] = None, **arch) -> Model:
+  """Builds the network `name`.
 
   Args:
-    config: a diffax config (configs/common.py); reads config.model.* and
-      config.data.image_size / config.data.channels.
-    dtype: compute dtype (e.g. jnp.bfloat16 for mixed precision); None reads the optional
-      config.model.dtype, default "float32". Parameters are float32 either way.
+    name: a key of `MODELS`.
+    sample_shape: the shape of one example, `(H, W, C)`.
+    dtype: compute dtype, a key of `DTYPES` or a numpy dtype; parameters are float32 always.
+    fast_layers: use the layers with hand-written gradients (`ops`); None picks by backend
+      (`fast_layers_default`). Same parameters and values either way.
+    **arch: the architecture's keywords (see `unet.UNet`).
 
   Returns:
-    `(init_fn, apply_fn)`: `init_fn(rng) -> params` and
-    `apply_fn(params, x_t, t, cond=None, *, train=False, rng=None) -> prediction`, both pure
-    and jittable. x_t is `[B, image_size, image_size, channels]`, t `i32[B]`, cond `i32[B]` or
-    None; rng feeds dropout and is needed when train=True and config.model.dropout > 0.
+    The `Model`.
 
   Raises:
-    ValueError: on an unknown config.model.name or an inconsistent model/data config.
+    ValueError: on an unknown name or dtype, or an architecture that does not fit
+      sample_shape; the message names the keyword.
   """
-  name = config.model.name
   if name not in MODELS:
-    raise ValueError(f"unknown config.model.name {name!r}; choose one of {sorted(MODELS)}")
-  if dtype is None:
-    dtype = config.model.get("dtype", "float32")
-  if (dtype if isinstance(dtype, str) else jnp.dtype(dtype).name) not in DTYPES:
-    raise ValueError(f"unknown config.model.dtype {dtype!r}; choose one of {list(DTYPES)}")
-  module = MODELS[name](config, dtype=jnp.dtype(dtype))
-  size, channels = int(config.data.image_size), int(config.data.channels)
-  num_classes = int(config.model.num_classes)
-  dropout = float(config.model.dropout)
+    raise ValueError(f"unknown model name {name!r}; choose one of {sorted(MODELS)}")
+  dtype_name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  if dtype_name not in DTYPES:
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+  sample_shape = tuple(int(d) for d in sample_shape)
+  fast_layers = fast_layers_default() if fast_layers is None else bool(fast_layers)
+  module, null_cond = MODELS[name](sample_shape, jnp.dtype(dtype_name), fast_layers, **arch)
+  cond_keys = tuple(module.cond_keys)
+  dropout = float(getattr(module, "dropout", 0.0))
 
   def init_fn(rng: jax.Array):
-    x = jnp.zeros((1, size, size, channels), jnp.float32)
+    x = jnp.zeros((1, *sample_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    cond = jnp.zeros((1,), jnp.int32) if num_classes else None
+    cond = conditioning.broadcast_null(null_cond, 1) if null_cond else None
     return module.init({"params": rng}, x, t, cond, train=False)["params"]
 
   def apply_fn(params, x_t, t, cond=None, *, train: bool = False,
                rng: Optional[jax.Array] = None):
-    if x_t.ndim != 4 or tuple(x_t.shape[1:]) != (size, size, channels):
-      raise ValueError(f"x_t must be [B, {size}, {size}, {channels}] (config.data.image_size="
-                       f"{size}, config.data.channels={channels}), got shape {x_t.shape}")
+    if tuple(x_t.shape[1:]) != sample_shape or x_t.ndim != len(sample_shape) + 1:
+      raise ValueError(f"x_t must be [B, {', '.join(map(str, sample_shape))}] (the model's "
+                       f"sample_shape), got shape {tuple(x_t.shape)}")
+    if cond is not None and not isinstance(cond, dict):
+      raise ValueError(f"cond must be a dict of arrays (e.g. {{'label': labels}}) or None, got "
+                       f"{type(cond).__name__}")
+    extra = sorted(set(cond or ()) - set(cond_keys))
+    if extra:
+      raise ValueError(f"cond has key(s) {extra} that this model does not read; it reads "
+                       f"{list(cond_keys) or 'none (an unconditional model)'}")
     if train and dropout > 0 and rng is None:
-      raise ValueError(f"train=True with config.model.dropout={dropout} needs an rng for dropout")
+      raise ValueError(f"train=True with dropout={dropout} needs an rng for dropout")
     rngs = {"dropout": rng} if rng is not None else {}
     return module.apply({"params": params}, x_t, t, cond, train=train, rngs=rngs)
 
-  return init_fn, apply_fn
+  return Model(init_fn=init_fn, apply_fn=apply_fn, null_cond=dict(null_cond),
+               cond_keys=cond_keys, sample_shape=sample_shape)
 
 
 def count_params(params) -> int:
@@ -80,5 +122,4 @@ def count_params(params) -> int:
   return sum(math.prod(getattr(p, "shape", ())) for p in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["MODELS", "PRESETS", "UNet", "apply_preset", "count_params", "create", "presets",
-           "unet"]
+__all__ = ["DTYPES", "MODELS", "Model", "count_params", "create", "fast_layers_default", "unet"]

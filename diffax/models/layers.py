@@ -1,7 +1,8 @@
 """Building blocks of the DDPM / ADM U-Net (Ho et al. 2020; Dhariwal & Nichol 2021).
 
 Every module takes a compute `dtype` (float32 by default, bfloat16 for mixed precision); its
-parameters are always float32. Kernels use the DDPM reference initializer (Xavier uniform); the
+parameters are always float32. `fast` picks the hand-written gradients of `ops` (XLA:CPU) or
+JAX's autodiff of the plain form (GPU, TPU); the parameters and values are the same. Kernels use the DDPM reference initializer (Xavier uniform); the
 last layer of each residual branch is zero-initialised, so every block starts as the identity
 (DDPM's `init_scale=0.`, ADM's `zero_module`).
 """
@@ -32,6 +33,7 @@ class Dense(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
   kernel_init: Any = default_init
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -39,7 +41,7 @@ class Dense(nn.Module):
     bias = self.param("bias", zeros_init, (self.features,), jnp.float32)
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                             (((x.ndim - 1,), (0,)), ((), ())))
-    return ops.add_bias(y, bias.astype(self.dtype))
+    return ops.add_bias(y, bias, fast=self.fast)
 
 
 class Conv(nn.Module):
@@ -60,6 +62,7 @@ class Conv(nn.Module):
   padding: Any = "SAME"
   dtype: Dtype = jnp.float32
   kernel_init: Any = default_init
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -72,7 +75,7 @@ class Conv(nn.Module):
                                         out_spec=(0, n - 1, *range(1, n - 1)))
     y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype),
                                      tuple(self.strides), self.padding, dimension_numbers=dims)
-    return ops.add_bias(y, bias.astype(self.dtype))
+    return ops.add_bias(y, bias, fast=self.fast)
 
 
 class GroupNorm(nn.Module):
@@ -86,13 +89,15 @@ class GroupNorm(nn.Module):
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", zeros_init, (c,), jnp.float32)
-    return ops.group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
+    return ops.group_norm(x, scale, bias, self.num_groups, self.epsilon,
+                          fast=self.fast).astype(self.dtype)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -118,10 +123,12 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
   return emb
 
 
-def conv3x3(features: int, dtype: Dtype, *, name: str, zero: bool = False, strides: int = 1):
+def conv3x3(features: int, dtype: Dtype, *, name: str, zero: bool = False, strides: int = 1,
+            fast: bool = True):
   """A 3x3 'SAME'-padded convolution (pad 1 each side, as in ADM)."""
   return Conv(features, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
-              dtype=dtype, kernel_init=zeros_init if zero else default_init, name=name)
+              dtype=dtype, kernel_init=zeros_init if zero else default_init, fast=fast,
+              name=name)
 
 
 class ResBlock(nn.Module):
@@ -137,32 +144,35 @@ class ResBlock(nn.Module):
     dropout: dropout rate before the last conv.
     scale_shift: ADM scale-shift time injection (True) or DDPM additive injection (False).
     dtype: compute dtype.
+    fast: the layers' hand-written gradients (see the module docstring).
   """
   features: int
   num_groups: int
   dropout: float = 0.0
   scale_shift: bool = True
   dtype: Dtype = jnp.float32
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x, emb, *, train: bool):
     """x `[B, H, W, C_in]`, emb `[B, E]` -> `[B, H, W, features]`."""
-    h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
-    h = conv3x3(self.features, self.dtype, name="conv1")(nn.silu(h))
+    dt, fast = self.dtype, self.fast
+    h = GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm1")(x)
+    h = conv3x3(self.features, dt, fast=fast, name="conv1")(nn.silu(h))
 
     emb_width = 2 * self.features if self.scale_shift else self.features
-    emb = Dense(emb_width, dtype=self.dtype, kernel_init=default_init, name="temb_proj")(
-        nn.silu(emb))[:, None, None, :]  # [B, 1, 1, emb_width]
+    emb = Dense(emb_width, dtype=dt, fast=fast, name="temb_proj")(nn.silu(emb))
+    emb = emb[:, None, None, :]  # [B, 1, 1, emb_width]
     if self.scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
-      h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h) * (1 + scale) + shift
+      h = GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm2")(h) * (1 + scale) + shift
     else:
-      h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h + emb)
+      h = GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm2")(h + emb)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    h = conv3x3(self.features, self.dtype, name="conv2", zero=True)(h)
+    h = conv3x3(self.features, dt, fast=fast, name="conv2", zero=True)(h)
 
     if x.shape[-1] != self.features:
-      x = Dense(self.features, dtype=self.dtype, kernel_init=default_init, name="skip")(x)
+      x = Dense(self.features, dtype=dt, fast=fast, name="skip")(x)
     return x + h
 
 
@@ -177,40 +187,44 @@ class AttentionBlock(nn.Module):
     num_heads: attention heads; must divide the channel count.
     num_groups: GroupNorm groups.
     dtype: compute dtype.
+    fast: the layers' hand-written gradients (see the module docstring).
   """
   num_heads: int
   num_groups: int
   dtype: Dtype = jnp.float32
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x):
     """x `[B, H, W, C]` -> `[B, H, W, C]`."""
     b, height, width, c = x.shape
-    h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
-    qkv = Dense(3 * c, dtype=self.dtype, kernel_init=default_init, name="qkv")(h)
+    h = GroupNorm(self.num_groups, dtype=self.dtype, fast=self.fast, name="norm")(x)
+    qkv = Dense(3 * c, dtype=self.dtype, fast=self.fast, name="qkv")(h)
     qkv = qkv.reshape(b, height * width, 3, self.num_heads, c // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, HW, heads, C / heads]
     h = jax.nn.dot_product_attention(q, k, v).reshape(b, height, width, c)
-    h = Dense(c, dtype=self.dtype, kernel_init=zeros_init, name="proj_out")(h)
+    h = Dense(c, dtype=self.dtype, kernel_init=zeros_init, fast=self.fast, name="proj_out")(h)
     return x + h
 
 
 class Downsample(nn.Module):
   """Halves the resolution with a stride-2 3x3 conv (DDPM `resamp_with_conv`)."""
   dtype: Dtype = jnp.float32
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x):
     """x `[B, H, W, C]` -> `[B, H/2, W/2, C]`."""
-    return conv3x3(x.shape[-1], self.dtype, name="conv", strides=2)(x)
+    return conv3x3(x.shape[-1], self.dtype, fast=self.fast, name="conv", strides=2)(x)
 
 
 class Upsample(nn.Module):
   """Doubles the resolution: nearest-neighbour upsampling followed by a 3x3 conv."""
   dtype: Dtype = jnp.float32
+  fast: bool = True
 
   @nn.compact
   def __call__(self, x):
     """x `[B, H, W, C]` -> `[B, 2H, 2W, C]`."""
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return conv3x3(x.shape[-1], self.dtype, name="conv")(x)
+    return conv3x3(x.shape[-1], self.dtype, fast=self.fast, name="conv")(x)

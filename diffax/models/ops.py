@@ -14,7 +14,9 @@ normalisation), and XLA:CPU runs such a reduction as one single-threaded loop. H
   produces.
 
 On the half-width DDPM CIFAR-10 train step (batch 32, 2 CPU cores) these took a step from 5.3 s
-to 3.4 s, and DDIM at batch 1 from 34 to 27 ms per step (benchmarks/README.md).
+to 3.4 s, and DDIM at batch 1 from 34 to 27 ms per step (benchmarks/README.md). They were
+measured on XLA:CPU only, so each function takes `fast`: False gives the plain form that JAX
+differentiates itself (what `diffax.models` uses on GPU and TPU); both give the same values.
 """
 
 import functools
@@ -52,10 +54,11 @@ def _add_bias_bwd(_, dy):
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
-  """`x + bias` for `x` `[..., C]` and `bias` `[C]` (cast to x's dtype); the bias gradient is
-  `sum_rows(dy)`."""
-  return _add_bias(x, bias.astype(x.dtype))
+def add_bias(x: jax.Array, bias: jax.Array, *, fast: bool = True) -> jax.Array:
+  """`x + bias` for `x` `[..., C]` and `bias` `[C]` (cast to x's dtype); with `fast` the bias
+  gradient is `sum_rows(dy)`, else JAX's own."""
+  bias = bias.astype(x.dtype)
+  return _add_bias(x, bias) if fast else x + bias
 
 
 def _group_mean(v: jax.Array, num_groups: int, count: int) -> jax.Array:
@@ -110,8 +113,18 @@ def _group_norm_bwd(num_groups, eps, residuals, dy):
 _group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
+def _group_norm_plain(x, scale, bias, num_groups, eps):
+  """flax.linen.GroupNorm's arithmetic on `[N, L, C]`, differentiated by JAX."""
+  n, length, c = x.shape
+  g = x.reshape(n, length, num_groups, c // num_groups)
+  mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+  var = jnp.mean(g * g, axis=(1, 3), keepdims=True) - mean * mean
+  y = (g - mean) * jax.lax.rsqrt(jnp.maximum(var, 0.0) + eps)
+  return y.reshape(x.shape) * scale + bias
+
+
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
-               eps: float = 1e-6) -> jax.Array:
+               eps: float = 1e-6, *, fast: bool = True) -> jax.Array:
   """Group normalisation of `x` `[N, *spatial, C]` with per-channel `scale` and `bias` `[C]`.
 
   Args:
@@ -120,6 +133,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
     bias: per-channel offset `[C]`.
     num_groups: the number of channel groups; must divide C.
     eps: added to the variance.
+    fast: the hand-written gradient (True) or JAX's autodiff of the plain form.
 
   Returns:
     float32 array shaped like x (cast it to a compute dtype as needed).
@@ -132,6 +146,6 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
     raise ValueError(f"num_groups={num_groups} must be positive and divide the {c} channels "
                      f"of an input shaped {x.shape}")
   x32 = x.astype(jnp.float32).reshape(x.shape[0], -1, c)
-  y = _group_norm(x32, scale.astype(jnp.float32), bias.astype(jnp.float32), num_groups,
-                  float(eps))
+  norm = _group_norm if fast else _group_norm_plain
+  y = norm(x32, scale.astype(jnp.float32), bias.astype(jnp.float32), num_groups, float(eps))
   return y.reshape(x.shape)

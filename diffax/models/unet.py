@@ -14,10 +14,11 @@ Layout, for `channel_mult = (m_0, ..., m_{L-1})` and `c = base_channels`:
 Attention is used at the levels whose resolution in pixels is in `attention_resolutions`.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from diffax.models import layers
 
@@ -35,10 +36,11 @@ class UNet(nn.Module):
     num_heads: attention heads.
     dropout: dropout rate inside the residual blocks.
     num_groups: GroupNorm groups.
-    num_classes: 0 for an unconditional model; k > 0 adds a k + 1 row label embedding whose
-      row k is the null label of classifier-free guidance.
+    num_classes: 0 for an unconditional model; k > 0 reads `cond["label"]` through a k + 1 row
+      label embedding whose row k is the null label of classifier-free guidance.
     scale_shift: ADM scale-shift time injection (True) or DDPM additive injection (False).
     dtype: compute dtype; parameters stay float32 and the output is float32.
+    fast: the layers' hand-written gradients (`layers`); same parameters and values.
   """
   base_channels: int = 64
   channel_mult: Sequence[int] = (1, 2)
@@ -50,6 +52,12 @@ class UNet(nn.Module):
   num_classes: int = 0
   scale_shift: bool = True
   dtype: Dtype = jnp.float32
+  fast: bool = True
+
+  @property
+  def cond_keys(self) -> tuple:
+    """The keys of `cond` this network reads."""
+    return ("label",) if self.num_classes else ()
 
   @nn.compact
   def __call__(self, x, t, cond=None, *, train: bool = False):
@@ -58,36 +66,35 @@ class UNet(nn.Module):
     Args:
       x: noisy images, `[B, H, W, C]`.
       t: timesteps, `[B]` (or a scalar, broadcast).
-      cond: labels `i32[B]` in [0, num_classes], or None; on a conditional model None means
-        the null label num_classes. Must be None on an unconditional model.
+      cond: None or a dict; with num_classes, `cond["label"]` `i32[B]` in [0, num_classes]
+        (absent: the null label num_classes).
       train: enables dropout (needs a 'dropout' rng).
 
     Returns:
       `f32[B, H, W, C]`.
     """
     batch = x.shape[0]
-    dt = self.dtype
+    dt, fast = self.dtype, self.fast
+    cond = cond or {}
     res_block = lambda ch, name: layers.ResBlock(
-        ch, self.num_groups, self.dropout, self.scale_shift, dt, name=name)
-    attn_block = lambda name: layers.AttentionBlock(self.num_heads, self.num_groups, dt, name=name)
+        ch, self.num_groups, self.dropout, self.scale_shift, dt, fast, name=name)
+    attn_block = lambda name: layers.AttentionBlock(self.num_heads, self.num_groups, dt, fast,
+                                                    name=name)
 
     t = jnp.broadcast_to(jnp.asarray(t), (batch,))
     emb_dim = 4 * self.base_channels
     emb = layers.timestep_embedding(t, self.base_channels).astype(dt)  # [B, base]
-    emb = layers.Dense(emb_dim, dtype=dt, kernel_init=layers.default_init, name="temb_dense0")(emb)
-    emb = layers.Dense(emb_dim, dtype=dt, kernel_init=layers.default_init,
-                   name="temb_dense1")(nn.silu(emb))  # [B, 4 base]
+    emb = layers.Dense(emb_dim, dtype=dt, fast=fast, name="temb_dense0")(emb)
+    emb = layers.Dense(emb_dim, dtype=dt, fast=fast, name="temb_dense1")(nn.silu(emb))
     if self.num_classes:
-      if cond is None:
-        cond = jnp.full((batch,), self.num_classes, jnp.int32)
-      cond = jnp.broadcast_to(jnp.asarray(cond), (batch,))
+      label = cond.get("label")
+      if label is None:
+        label = jnp.full((batch,), self.num_classes, jnp.int32)
+      label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (batch,))
       emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=dt,
-                           embedding_init=nn.initializers.normal(1.0), name="label_embed")(cond)
-    elif cond is not None:
-      raise ValueError("cond was given to an unconditional model (config.model.num_classes=0); "
-                       "pass cond=None or set config.model.num_classes > 0")
+                           embedding_init=nn.initializers.normal(1.0), name="label_embed")(label)
 
-    h = layers.conv3x3(self.base_channels, dt, name="conv_in")(x.astype(dt))
+    h = layers.conv3x3(self.base_channels, dt, fast=fast, name="conv_in")(x.astype(dt))
     skips = [h]
     num_levels = len(self.channel_mult)
     for level, mult in enumerate(self.channel_mult):
@@ -97,7 +104,7 @@ class UNet(nn.Module):
           h = attn_block(f"down_{level}_attn_{i}")(h)
         skips.append(h)
       if level != num_levels - 1:
-        h = layers.Downsample(dt, name=f"down_{level}_downsample")(h)
+        h = layers.Downsample(dt, fast, name=f"down_{level}_downsample")(h)
         skips.append(h)
 
     h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
@@ -111,85 +118,90 @@ class UNet(nn.Module):
         if h.shape[1] in self.attention_resolutions:
           h = attn_block(f"up_{level}_attn_{i}")(h)
       if level != 0:
-        h = layers.Upsample(dt, name=f"up_{level}_upsample")(h)
+        h = layers.Upsample(dt, fast, name=f"up_{level}_upsample")(h)
     assert not skips, len(skips)
 
-    h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, name="norm_out")(h))
-    h = layers.conv3x3(x.shape[-1], dt, name="conv_out", zero=True)(h)
+    h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm_out")(h))
+    h = layers.conv3x3(x.shape[-1], dt, fast=fast, name="conv_out", zero=True)(h)
     return h.astype(jnp.float32)
 
 
-def validate(config) -> None:
-  """Checks that config.model and config.data describe a buildable U-Net.
+def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attention_resolutions,
+          num_heads, dropout, num_groups, num_classes, **_) -> None:
+  """Checks that the architecture fits `sample_shape` (H, W, C).
 
   Raises:
-    ValueError: naming the offending field, when the image size is not divisible by the total
+    ValueError: naming the keyword, when the image size is not divisible by the total
       downsampling, num_groups does not divide a channel count, num_heads does not divide the
       channels of an attention level, an attention resolution is never reached, or a size is
       out of range.
   """
-  m, d = config.model, config.data
-  mult = tuple(m.channel_mult)
+  if len(sample_shape) != 3 or min(sample_shape) < 1:
+    raise ValueError(f"the U-Net draws images: sample_shape must be (H, W, C) of positive "
+                     f"sizes, got {tuple(sample_shape)}")
+  height, width, _ = sample_shape
+  mult = tuple(channel_mult)
   if not mult or any(int(k) < 1 for k in mult):
-    raise ValueError(f"config.model.channel_mult must be a non-empty tuple of positive ints, "
-                     f"got {mult}")
-  for field in ("base_channels", "num_res_blocks", "num_heads", "num_groups"):
-    if int(m[field]) < 1:
-      raise ValueError(f"config.model.{field} must be >= 1, got {m[field]}")
-  if d.image_size < 1 or d.channels < 1:
-    raise ValueError(f"config.data.image_size and config.data.channels must be >= 1, got "
-                     f"{d.image_size} and {d.channels}")
+    raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {mult}")
+  for name, value in (("base_channels", base_channels), ("num_res_blocks", num_res_blocks),
+                      ("num_heads", num_heads), ("num_groups", num_groups)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}")
   factor = 2 ** (len(mult) - 1)
-  if d.image_size % factor:
+  if height % factor or width % factor:
     raise ValueError(
-        f"config.data.image_size={d.image_size} must be divisible by 2**(len(channel_mult)-1)"
-        f"={factor} (config.model.channel_mult={mult} downsamples {len(mult) - 1} times)")
-  channels = sorted({m.base_channels} | {m.base_channels * k for k in mult})
-  bad = [c for c in channels if c % m.num_groups]
+        f"the image size {height}x{width} must be divisible by 2**(len(channel_mult)-1)="
+        f"{factor} (channel_mult={mult} downsamples {len(mult) - 1} times)")
+  channels = sorted({base_channels} | {base_channels * k for k in mult})
+  bad = [c for c in channels if c % num_groups]
   if bad:
-    raise ValueError(f"config.model.num_groups={m.num_groups} must divide every channel count of "
-                     f"the network {channels}; it does not divide {bad}")
-  resolutions = [d.image_size // 2**i for i in range(len(mult))]
-  unreached = [r for r in m.attention_resolutions if r not in resolutions]
+    raise ValueError(f"num_groups={num_groups} must divide every channel count of the network "
+                     f"{channels}; it does not divide {bad}")
+  resolutions = [height // 2**i for i in range(len(mult))]
+  unreached = [r for r in attention_resolutions if r not in resolutions]
   if unreached:
-    raise ValueError(f"config.model.attention_resolutions={tuple(m.attention_resolutions)} holds "
-                     f"{unreached}, not reached by the network; its resolutions are "
-                     f"{resolutions} (from config.data.image_size={d.image_size} and "
-                     f"config.model.channel_mult={mult})")
-  attn_channels = {m.base_channels * mult[-1]} | {
-      m.base_channels * k for k, r in zip(mult, resolutions) if r in m.attention_resolutions}
-  bad = sorted(c for c in attn_channels if c % m.num_heads)
+    raise ValueError(f"attention_resolutions={tuple(attention_resolutions)} holds {unreached}, "
+                     f"not reached by the network; its resolutions are {resolutions} (from the "
+                     f"image size {height} and channel_mult={mult})")
+  attn_channels = {base_channels * mult[-1]} | {
+      base_channels * k for k, r in zip(mult, resolutions) if r in attention_resolutions}
+  bad = sorted(c for c in attn_channels if c % num_heads)
   if bad:
-    raise ValueError(f"config.model.num_heads={m.num_heads} must divide the channels of every "
-                     f"attention level; it does not divide {bad}")
-  if not 0.0 <= m.dropout < 1.0:
-    raise ValueError(f"config.model.dropout must lie in [0, 1), got {m.dropout}")
-  if m.num_classes < 0:
-    raise ValueError(f"config.model.num_classes must be >= 0, got {m.num_classes}")
+    raise ValueError(f"num_heads={num_heads} must divide the channels of every attention level; "
+                     f"it does not divide {bad}")
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
+      num_classes < 0):
+    raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
 
 
-def from_config(config, dtype: Optional[Dtype] = None) -> UNet:
-  """Builds a `UNet` from config.model (validated against config.data first).
-
-  Args:
-    config: a diffax config (configs/common.py). `config.model.scale_shift` is optional
-      (default True, ADM); the DDPM presets set it False.
-    dtype: compute dtype; default float32.
+def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), num_res_blocks=2,
+          attention_resolutions=(), num_heads=1, dropout=0.0, num_groups=32, num_classes=0,
+          scale_shift=True):
+  """The `UNet` for `sample_shape` and its null condition (`diffax.models.create`).
 
   Returns:
-    The (unbound) module.
+    `(module, null_cond)`: the unbound module; `{"label": num_classes}` for a class-conditional
+    network, else `{}`.
   """
-  validate(config)
-  m = config.model
-  return UNet(
-      base_channels=int(m.base_channels),
-      channel_mult=tuple(int(k) for k in m.channel_mult),
-      num_res_blocks=int(m.num_res_blocks),
-      attention_resolutions=tuple(int(r) for r in m.attention_resolutions),
-      num_heads=int(m.num_heads),
-      dropout=float(m.dropout),
-      num_groups=int(m.num_groups),
-      num_classes=int(m.num_classes),
-      scale_shift=bool(m.get("scale_shift", True)),
-      dtype=dtype or jnp.float32,
+  arch = dict(base_channels=base_channels, channel_mult=tuple(channel_mult),
+              num_res_blocks=num_res_blocks, attention_resolutions=tuple(attention_resolutions),
+              num_heads=num_heads, dropout=dropout, num_groups=num_groups,
+              num_classes=num_classes)
+  check(sample_shape, **arch)
+  module = UNet(
+      base_channels=int(base_channels),
+      channel_mult=tuple(int(k) for k in channel_mult),
+      num_res_blocks=int(num_res_blocks),
+      attention_resolutions=tuple(int(r) for r in attention_resolutions),
+      num_heads=int(num_heads),
+      dropout=float(dropout),
+      num_groups=int(num_groups),
+      num_classes=int(num_classes),
+      scale_shift=bool(scale_shift),
+      dtype=dtype,
+      fast=bool(fast),
   )
+  null_cond = {"label": np.int32(num_classes)} if num_classes else {}
+  return module, null_cond

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax import diffusion
-from diffax.sampling import driver
+from diffax.sampling import loop
 from diffax.schedules import Schedule
 
 
@@ -31,13 +31,13 @@ def generalized_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Arr
     noise: standard normal noise shaped like x_t (unused when eta == 0).
     eta: the stochasticity, a float or a traced scalar; 0 deterministic, 1 DDPM-like.
     prediction: what the model predicts: "eps", "x0" or "v".
-    clip_x0: clip the x0 estimate to [-1, 1] (see `driver.denoise`).
-    threshold: None, or the percentile of dynamic thresholding (see `driver.denoise`).
+    clip_x0: clip the x0 estimate to [-1, 1] (see `loop.denoise`).
+    threshold: None, or the percentile of dynamic thresholding (see `loop.denoise`).
 
   Returns:
     x_{t'}, shaped like x_t.
   """
-  x0, eps = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
+  x0, eps = loop.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
                            threshold=threshold)
   sigma = (eta * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
            * jnp.sqrt(jnp.maximum(1.0 - alpha_bar / alpha_bar_prev, 0.0)))
@@ -75,14 +75,7 @@ def ddim_step(s: Schedule, model_output: jax.Array, t: jax.Array, t_prev: jax.Ar
 
 
 def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
-            threshold=None) -> driver.Sampler:
-  """The DDIM sampler for `driver.run`; eta (None: 0) may be a traced scalar."""
-  eta = 0.0 if eta is None else eta
-
-  def step(x, inputs: driver.StepInput):
-    output = driver.call_model(model_fn, x, inputs.t)
-    noise = jax.random.normal(inputs.rng, x.shape, x.dtype)
-    return generalized_step(output, x, inputs.alpha_bar, inputs.alpha_bar_prev, noise, eta=eta,
-                            prediction=prediction, clip_x0=clip_x0, threshold=threshold)
-
-  return driver.Sampler(step)
+            threshold=None) -> loop.Sampler:
+  """The DDIM sampler for `loop.run`; eta (None: 0) may be a traced scalar."""
+  return loop.single_call_sampler(generalized_step, model_fn, eta=0.0 if eta is None else eta,
+                                  prediction=prediction, clip_x0=clip_x0, threshold=threshold)

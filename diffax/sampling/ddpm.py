@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax import diffusion
-from diffax.sampling import driver
+from diffax.sampling import loop
 from diffax.schedules import Schedule
 
 
@@ -34,13 +34,13 @@ def ancestral_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array
     alpha_bar_prev: ab_{t'} >= ab_t, broadcastable to x_t.
     noise: standard normal noise shaped like x_t.
     prediction: what the model predicts: "eps", "x0" or "v".
-    clip_x0: clip the x0 estimate to [-1, 1] (see `driver.denoise`).
-    threshold: None, or the percentile of dynamic thresholding (see `driver.denoise`).
+    clip_x0: clip the x0 estimate to [-1, 1] (see `loop.denoise`).
+    threshold: None, or the percentile of dynamic thresholding (see `loop.denoise`).
 
   Returns:
     x_{t'}, shaped like x_t.
   """
-  x0, _ = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
+  x0, _ = loop.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
                          threshold=threshold)
   one_minus_ab = 1.0 - alpha_bar
   beta = 1.0 - alpha_bar / alpha_bar_prev
@@ -76,15 +76,9 @@ def ddpm_step(s: Schedule, model_output: jax.Array, t: jax.Array, x_t: jax.Array
 
 
 def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
-            threshold=None) -> driver.Sampler:
-  """The DDPM ancestral sampler for `driver.run`. `eta` is accepted and ignored (DDPM is DDIM's
+            threshold=None) -> loop.Sampler:
+  """The DDPM ancestral sampler for `loop.run`. `eta` is accepted and ignored (DDPM is DDIM's
   eta = 1 law already)."""
   del eta
-
-  def step(x, inputs: driver.StepInput):
-    output = driver.call_model(model_fn, x, inputs.t)
-    noise = jax.random.normal(inputs.rng, x.shape, x.dtype)
-    return ancestral_step(output, x, inputs.alpha_bar, inputs.alpha_bar_prev, noise,
-                          prediction=prediction, clip_x0=clip_x0, threshold=threshold)
-
-  return driver.Sampler(step)
+  return loop.single_call_sampler(ancestral_step, model_fn, prediction=prediction,
+                                  clip_x0=clip_x0, threshold=threshold)

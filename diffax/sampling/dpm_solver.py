@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling import driver
+from diffax.sampling import loop
 
 
 class State(NamedTuple):
@@ -65,8 +65,8 @@ def dpmpp_2m_update(x_t: jax.Array, x0: jax.Array, x0_prev: jax.Array, alpha_bar
 
 
 def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
-            threshold=None, order: int = 2) -> driver.Sampler:
-  """DPM-Solver++ for `driver.run`: order 2 is the 2M solver, order 1 its first-order (DDIM)
+            threshold=None, order: int = 2) -> loop.Sampler:
+  """DPM-Solver++ for `loop.run`: order 2 is the 2M solver, order 1 its first-order (DDIM)
   update. One model call per step; `eta` is accepted and ignored (the solver is deterministic).
   Thresholding and clip_x0 act on the data prediction, as in the paper (sec. 4)."""
   del eta
@@ -77,10 +77,10 @@ def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: b
     return State(x=x, x0_prev=jnp.zeros_like(x), lambda_prev=jnp.zeros((), jnp.float32),
                  has_prev=jnp.zeros((), bool))
 
-  def step(state: State, inputs: driver.StepInput) -> State:
+  def step(state: State, inputs: loop.StepInput) -> State:
     x = state.x
-    output = driver.call_model(model_fn, x, inputs.t)
-    x0, _ = driver.denoise(output, x, inputs.alpha_bar, prediction=prediction, clip_x0=clip_x0,
+    output = loop.call_model(model_fn, x, inputs.t)
+    x0, _ = loop.denoise(output, x, inputs.alpha_bar, prediction=prediction, clip_x0=clip_x0,
                            threshold=threshold)
     second = jnp.logical_and(state.has_prev, order == 2)
     x_next = dpmpp_2m_update(x, x0, state.x0_prev, inputs.alpha_bar, inputs.alpha_bar_prev,
@@ -88,7 +88,7 @@ def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: b
     return State(x=x_next, x0_prev=x0, lambda_prev=half_log_snr(inputs.alpha_bar),
                  has_prev=jnp.ones((), bool))
 
-  return driver.Sampler(step, init=init, final=lambda state: state.x,
+  return loop.Sampler(step, init=init, final=lambda state: state.x,
                         with_x=lambda state, x: state._replace(x=x),
                         restart=lambda state: state._replace(has_prev=jnp.zeros((), bool)))
 

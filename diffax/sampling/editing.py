@@ -23,7 +23,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling import driver
+from diffax.sampling import loop
 
 
 def noise_to(x0: jax.Array, alpha_bar: jax.Array, noise: jax.Array) -> jax.Array:
@@ -32,12 +32,12 @@ def noise_to(x0: jax.Array, alpha_bar: jax.Array, noise: jax.Array) -> jax.Array
   return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
 
 
-def inpaint(sampler: driver.Sampler, x_known: jax.Array, mask: jax.Array,
-            resample=1) -> driver.Sampler:
+def inpaint(sampler: loop.Sampler, x_known: jax.Array, mask: jax.Array,
+            resample=1) -> loop.Sampler:
   """Wraps a sampler so that the pixels where `mask` is True follow `x_known` (RePaint eq. 8).
 
   Args:
-    sampler: any `driver.Sampler` (its carry may hold more than x; `final`/`with_x` reach x).
+    sampler: any `loop.Sampler` (its carry may hold more than x; `final`/`with_x` reach x).
     x_known: the image whose masked pixels are kept, shaped like the samples `[B, ...]`.
     mask: bool, shaped like the samples: True where the pixel is known.
     resample: r >= 1 (int or traced i32): each step is taken r times, noising back in between
@@ -47,21 +47,20 @@ def inpaint(sampler: driver.Sampler, x_known: jax.Array, mask: jax.Array,
     The wrapped sampler. Its output equals x_known exactly where mask is True.
   """
 
-  def attempt(carry, inputs: driver.StepInput, u):
-    rng = jax.random.fold_in(inputs.rng, u)
-    carry = sampler.step(carry, inputs._replace(rng=jax.random.fold_in(rng, 0)))
+  def attempt(carry, inputs: loop.StepInput, u):
+    rng = loop.fold_in(inputs.rng, u)
+    carry = sampler.step(carry, inputs._replace(rng=loop.fold_in(rng, 0)))
     x = sampler.final(carry)
-    noise = jax.random.normal(jax.random.fold_in(rng, 1), x.shape, x.dtype)
+    noise = loop.normal(loop.fold_in(rng, 1), x)
     known = noise_to(x_known, inputs.alpha_bar_prev, noise)
     return sampler.with_x(carry, jnp.where(mask, known, x))
 
-  def step(carry, inputs: driver.StepInput):
+  def step(carry, inputs: loop.StepInput):
     def resample_once(u, out):
       # q(x_t | x_{t'}): the forward process from alpha-bar_{t'} back to alpha-bar_t.
       x = sampler.final(out)
       ratio = inputs.alpha_bar / inputs.alpha_bar_prev
-      noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(inputs.rng, u), 2),
-                                x.shape, x.dtype)
+      noise = loop.normal(loop.fold_in(loop.fold_in(inputs.rng, u), 2), x)
       x_back = jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * noise
       return attempt(sampler.restart(sampler.with_x(carry, x_back)), inputs, u)
 
@@ -70,17 +69,17 @@ def inpaint(sampler: driver.Sampler, x_known: jax.Array, mask: jax.Array,
   def final(carry):
     return jnp.where(mask, x_known, sampler.final(carry))
 
-  return driver.Sampler(step, init=sampler.init, final=final, with_x=sampler.with_x,
-                        restart=sampler.restart)
+  return loop.Sampler(step, init=sampler.init, final=final, with_x=sampler.with_x,
+                      restart=sampler.restart)
 
 
-def sdedit_start(table: driver.Table, init_image: jax.Array, strength, num_train_steps: int,
-                 noise: jax.Array) -> tuple[driver.Table, jax.Array]:
+def sdedit_start(table: loop.Table, init_image: jax.Array, strength, num_train_steps: int,
+                 noise: jax.Array) -> tuple[loop.Table, jax.Array]:
   """SDEdit's starting point: the table without its rows at t >= strength * T, and the input
   image noised to the level of the first row left.
 
   Args:
-    table: the full table (`driver.make_table`).
+    table: the full table (`loop.make_table`).
     init_image: the image to edit, `[B, ...]`.
     strength: in (0, 1] (float or traced scalar); t0 = strength * T.
     num_train_steps: T.

@@ -22,7 +22,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling import driver
+from diffax.sampling import loop
 
 DEFAULT_ETA = 1.0
 
@@ -50,30 +50,23 @@ def euler_ancestral_step(model_output: jax.Array, x_t: jax.Array, alpha_bar: jax
     noise: standard normal noise shaped like x_t.
     eta: the ancestral noise scale, a float or a traced scalar (1: ancestral, 0: Euler).
     prediction: "eps", "x0" or "v".
-    clip_x0: clip the x0 estimate to [-1, 1] (see `driver.denoise`).
-    threshold: None, or the percentile of dynamic thresholding (see `driver.denoise`).
+    clip_x0: clip the x0 estimate to [-1, 1] (see `loop.denoise`).
+    threshold: None, or the percentile of dynamic thresholding (see `loop.denoise`).
 
   Returns:
     x_{t'}, shaped like x_t.
   """
-  _, eps = driver.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
+  _, eps = loop.denoise(model_output, x_t, alpha_bar, prediction=prediction, clip_x0=clip_x0,
                           threshold=threshold)
-  sigma, sigma_next = driver.edm_sigma(alpha_bar), driver.edm_sigma(alpha_bar_prev)
+  sigma, sigma_next = loop.edm_sigma(alpha_bar), loop.edm_sigma(alpha_bar_prev)
   down, up = ancestral_sigmas(sigma, sigma_next, eta)
   x_edm = x_t / jnp.sqrt(alpha_bar) + (down - sigma) * eps + up * noise
   return jnp.sqrt(alpha_bar_prev) * x_edm
 
 
 def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
-            threshold=None) -> driver.Sampler:
-  """The Euler ancestral sampler for `driver.run`; eta (None: 1) may be a traced scalar."""
-  eta = DEFAULT_ETA if eta is None else eta
-
-  def step(x, inputs: driver.StepInput):
-    output = driver.call_model(model_fn, x, inputs.t)
-    noise = jax.random.normal(inputs.rng, x.shape, x.dtype)
-    return euler_ancestral_step(output, x, inputs.alpha_bar, inputs.alpha_bar_prev, noise,
-                                eta=eta, prediction=prediction, clip_x0=clip_x0,
-                                threshold=threshold)
-
-  return driver.Sampler(step)
+            threshold=None) -> loop.Sampler:
+  """The Euler ancestral sampler for `loop.run`; eta (None: 1) may be a traced scalar."""
+  return loop.single_call_sampler(euler_ancestral_step, model_fn,
+                                  eta=DEFAULT_ETA if eta is None else eta,
+                                  prediction=prediction, clip_x0=clip_x0, threshold=threshold)

@@ -19,23 +19,23 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffax.sampling import driver
+from diffax.sampling import loop
 
 
 def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: bool = False,
-            threshold=None) -> driver.Sampler:
-  """The Heun sampler for `driver.run`; `eta` is accepted and ignored (S_churn = 0)."""
+            threshold=None) -> loop.Sampler:
+  """The Heun sampler for `loop.run`; `eta` is accepted and ignored (S_churn = 0)."""
   del eta
 
   def slope(x, t, alpha_bar):
-    output = driver.call_model(model_fn, x, t)
-    _, eps = driver.denoise(output, x, alpha_bar, prediction=prediction, clip_x0=clip_x0,
+    output = loop.call_model(model_fn, x, t)
+    _, eps = loop.denoise(output, x, alpha_bar, prediction=prediction, clip_x0=clip_x0,
                             threshold=threshold)
     return eps  # (x_edm - D) / sigma
 
-  def step(x, inputs: driver.StepInput):
+  def step(x, inputs: loop.StepInput):
     ab, ab_next = inputs.alpha_bar, inputs.alpha_bar_prev
-    sigma, sigma_next = driver.edm_sigma(ab), driver.edm_sigma(ab_next)
+    sigma, sigma_next = loop.edm_sigma(ab), loop.edm_sigma(ab_next)
     x_edm = x / jnp.sqrt(ab)
     d = slope(x, inputs.t, ab)
     x_euler = x_edm + (sigma_next - sigma) * d
@@ -47,4 +47,4 @@ def sampler(model_fn: Callable, *, eta=None, prediction: str = "eps", clip_x0: b
     x_edm_next = jax.lax.cond(inputs.t_prev >= 0, heun, lambda _: x_euler, None)
     return jnp.sqrt(ab_next) * x_edm_next
 
-  return driver.Sampler(step)
+  return loop.Sampler(step)

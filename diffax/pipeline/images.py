@@ -55,3 +55,49 @@ def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, st
   npz_path = os.path.splitext(path)[0] + ".npz"
   np.savez_compressed(npz_path, samples=samples)
   return path, npz_path
+
+
+def load_image(path: str, shape, *, name: str = "image", mask: bool = False) -> np.ndarray:
+  """Reads images a user gives: a PNG (8-bit, mapped to [-1, 1]; a mask as its raw values) or
+  an .npz with key `samples` or `image` (floats in [-1, 1]).
+
+  Args:
+    path: the file.
+    shape: the model's image shape `(H, W, C)`.
+    name: the option the file came from, for messages (e.g. "--init_image").
+    mask: read a mask: 1 channel is accepted for any C.
+
+  Returns:
+    float32 `[N, H, W, C]` (or `[N, H, W, 1]` for a 1-channel mask).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: a file without the expected key, or of another size than the model's.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{name}={path}: no such file")
+  if path.endswith(".npz"):
+    with np.load(path) as npz:
+      keys = [k for k in ("samples", "image") if k in npz]
+      if not keys:
+        raise ValueError(f"{name}={path}: an .npz needs the key 'samples' or 'image', got "
+                         f"{sorted(npz.keys())}")
+      array = np.asarray(npz[keys[0]], np.float32)
+  else:
+    try:
+      pil = Image.open(path)
+    except OSError as e:
+      raise ValueError(f"{name}={path} is not an image PIL can read ({e})") from None
+    array = np.asarray(pil.convert("L" if shape[-1] == 1 else "RGB"), np.float32)
+    array = array[..., None] if array.ndim == 2 else array
+    if not mask:
+      array = array / 127.5 - 1.0  # uint8 [0, 255] -> [-1, 1]
+  if array.ndim == len(shape) - 1 and shape[-1] == 1:
+    array = array[..., None]  # [H, W] -> [H, W, 1]
+  channels_ok = array.shape[-1] == shape[-1] or (mask and array.shape[-1] == 1)
+  if array.ndim not in (3, 4) or tuple(array.shape[-3:-1]) != tuple(shape[:2]) or (
+      not channels_ok):
+    raise ValueError(f"{name}={path} has shape {array.shape}; the model draws "
+                     f"{shape[0]}x{shape[1]} images with {shape[2]} channel(s): give [H, W, C] "
+                     f"or [N, H, W, C] of that size")
+  return array if array.ndim == 4 else array[None]

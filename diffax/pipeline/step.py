@@ -1,6 +1,6 @@
 """One training step as a pure function of (state, global batch, base rng).
 
-The step knows nothing about devices: it sees the global batch, and `diffax.parallel` jits it
+The step knows nothing about devices: it sees the global batch, and `diffax.pipeline.parallel` jits it
 with the batch sharded over the 'data' mesh axis, so XLA inserts the gradient all-reduce.
 Its randomness is `fold_in(base_rng, state.step)`, so the same state, batch and key always give
 the same result, and a resumed run draws the same noise as an uninterrupted one.
@@ -10,7 +10,7 @@ runs them one after another under `lax.scan` (activations of one micro-batch liv
 averages their gradients and makes one optimizer update. Micro-batch j holds the examples
 j, j + k, j + 2k, ... of the global batch, so each device's rows split locally, without
 communication. The step first adds `batch["index"]`, each example's position in the global
-batch, and `diffax.losses` keys each example's randomness (t, noise, label dropout) on it: every
+batch, and `diffax.losses` keys each example's randomness (t, noise, condition dropout) on it: every
 example draws the same values whatever k, so k changes the numbers only by float rounding (for a
 model without dropout, whose masks are drawn per micro-batch).
 """
@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffax import optim
-from diffax import train_state as train_state_lib
-from diffax.train_state import TrainState
+from diffax.pipeline import optim
+from diffax.pipeline import state as train_state_lib
+from diffax.pipeline.state import TrainState
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -138,7 +138,7 @@ def make_train_step(
   Args:
     loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` with a scalar loss and a dict of
       scalar metrics (see `diffax.losses.make_loss_fn`).
-    tx: the optimizer (`diffax.optim.create_optimizer`).
+    tx: the optimizer (`diffax.pipeline.optim.create_optimizer`).
     config: the run config; reads `config.optim.ema_decay` (warmed up, see
       `train_state.ema_decay_at`) and, when `lr_schedule` is None,
       `config.optim.learning_rate` / `warmup_steps` for the logged learning rate; and

@@ -36,7 +36,7 @@ def create_train_state(
 ) -> TrainState:
   """Initializes the model, its EMA copy and the optimizer at step 0.
 
-  Jit it with output shardings (`diffax.parallel.create_sharded_state`) to create the state
+  Jit it with output shardings (`diffax.pipeline.parallel.create_sharded_state`) to create the state
   directly on the devices.
 
   Args:

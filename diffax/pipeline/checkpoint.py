@@ -22,6 +22,7 @@ checkpoints exist but none restores, it raises `CorruptCheckpointError` instead 
 training from scratch over them.
 """
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Optional, Union
@@ -44,6 +45,19 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
   """Writing a checkpoint failed (a full disk, lost permissions, ...); older ones are intact."""
+
+
+@contextlib.contextmanager
+def _orbax_errors_hidden():
+  """Hides the errors Orbax logs itself when it reads a damaged checkpoint (on opening the
+  directory and on restoring): `restore_or_init` reports each failure once, with what it does
+  about it."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def _abstract(leaf):
@@ -87,7 +101,8 @@ class Checkpointer:
         # Tmp directories are what a killed save leaves behind; nobody else writes here.
         cleanup_tmp_directories=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    with _orbax_errors_hidden():  # it reads every step's metadata; restore reports damage
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._pending_step: Optional[int] = None  # the step of the newest save started
     self._failed_step: Optional[int] = None   # the step whose save failed, once reported
 
@@ -167,7 +182,7 @@ class Checkpointer:
       init: either a function `() -> state`, run only when there is no checkpoint, or a
         state / pytree of `jax.ShapeDtypeStruct`s to return when there is none.
       target: the restore target: `jax.ShapeDtypeStruct`s whose shardings say where the
-        restored arrays go (`diffax.parallel.abstract_state`). Default: `init` itself, or
+        restored arrays go (`diffax.pipeline.parallel.abstract_state`). Default: `init` itself, or
         `jax.eval_shape(init)` for a function, which carries no shardings, so each array goes
         where it was when saved; that fails when the devices differ from the saving run's
         (another number of devices or hosts). Give it to resume on any topology.
@@ -186,21 +201,19 @@ class Checkpointer:
     for step in reversed(listed):
       path = self.directory / str(step)
       if not self._is_committed(step):
-        reason = f"no {COMMIT_FILE}: the save did not finish"
-        logging.warning("checkpoint %s (step %d) is incomplete (%s); skipping it",
-                        path, step, reason)
-        broken.append((step, reason))
+        broken.append((step, f"no {COMMIT_FILE}: the save did not finish"))
         continue
       try:
-        state = self.restore(target, step)
+        with _orbax_errors_hidden():  # reported below, in one warning or one error
+          state = self.restore(target, step)
       except Exception as e:  # pylint: disable=broad-exception-caught
         # Damage surfaces as many types (ValueError from TensorStore, JSONDecodeError,
         # OSError, ...); every one of them means: this checkpoint cannot be used.
-        reason = f"{type(e).__name__}: {e}"
-        logging.warning("checkpoint %s (step %d) is corrupt and cannot be restored: %s; "
-                        "falling back to an older checkpoint", path, step, reason)
-        broken.append((step, reason))
+        broken.append((step, f"{type(e).__name__}: {e}"))
         continue
+      for bad, reason in broken:
+        logging.warning("checkpoint %s (step %d) cannot be restored (%s); resuming from the "
+                        "older checkpoint %s", self.directory / str(bad), bad, reason, path)
       if broken:
         self._move_aside([s for s, _ in broken])
       logging.info("restored checkpoint %s (step %d)", path, step)
@@ -270,6 +283,24 @@ class Checkpointer:
     self.close()
 
 
-def from_config(config, workdir: Union[str, os.PathLike]) -> Checkpointer:
-  """The run's checkpointer: `workdir/checkpoints`, keeping `config.train.keep_checkpoints`."""
-  return Checkpointer(epath.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+def latest_step_in(directory) -> Optional[int]:
+  """The newest complete checkpoint's step in `directory`, looked up without opening (or
+  creating) anything; None when there is none."""
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return None
+  steps = [int(p.name) for p in directory.iterdir()
+           if p.name.isdigit() and (p / COMMIT_FILE).exists()]
+  return max(steps, default=None)
+
+
+def from_config(config, workdir) -> Checkpointer:
+  """The run's checkpointer: the workdir's checkpoints, keeping `config.train.keep_checkpoints`.
+
+  Args:
+    config: the run config.
+    workdir: a `workdir.Workdir` (or its path).
+  """
+  from diffax.pipeline.workdir import Workdir  # pylint: disable=g-import-not-at-top
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  return Checkpointer(workdir.checkpoints, keep=config.train.keep_checkpoints)

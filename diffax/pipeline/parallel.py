@@ -150,7 +150,7 @@ def compile_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
   step needs memory for one state, not two. Do not use a state after passing it in.
 
   Args:
-    step_fn: the pure step from `diffax.train_step.make_train_step`.
+    step_fn: the pure step from `diffax.pipeline.step.make_train_step`.
     mesh: the device mesh.
 
   Returns:

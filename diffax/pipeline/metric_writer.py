@@ -7,6 +7,8 @@ import json
 import math
 import os
 
+from diffax.pipeline.workdir import Workdir
+
 
 class MetricWriter:
   """Appends `{"step": int, name: float, ...}` lines to `<workdir>/metrics.jsonl` and writes
@@ -16,16 +18,17 @@ class MetricWriter:
   run that died before its next checkpoint) are dropped at open, so the file holds each step once.
   """
 
-  def __init__(self, workdir: str, *, start_step: int = 0, tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, "metrics.jsonl")
+  def __init__(self, workdir, *, start_step: int = 0, tensorboard: bool = True):
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    os.makedirs(workdir.path, exist_ok=True)
+    self.path = workdir.metrics
     _truncate_after(self.path, start_step)
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if tensorboard:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = tf.summary.create_file_writer(workdir.tensorboard)
       # tf.summary.scalar lives in the separate `tensorboard` package; the core write op with
       # the scalars plugin's metadata produces the same events without it.
       self._scalar_metadata = tf.compat.v1.SummaryMetadata(
@@ -55,9 +58,9 @@ class MetricWriter:
     self.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of `<workdir>/metrics.jsonl`, in order."""
-  path = os.path.join(workdir, "metrics.jsonl")
+def read_metrics(workdir) -> list[dict]:
+  """The records of a workdir's (a `Workdir` or its path) metrics.jsonl, in order."""
+  path = (workdir if isinstance(workdir, Workdir) else Workdir(workdir)).metrics
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8") as f:

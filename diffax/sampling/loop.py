@@ -9,7 +9,11 @@ loop; the step owns its model calls, so guidance wraps `model_fn` and inpainting
 Everything that may change between calls without changing the program is data: the `Table` of
 timesteps and alpha-bars is a traced scan input, rows past `num_active` are skipped with
 `lax.cond`, and a sampler's scalars (DDIM's eta) are traced values closed over by its step.
-The noise of step i is drawn from `fold_in(rng, i)`, never from a carried key.
+
+Randomness is per example: sample i of a request draws its starting noise and the noise of
+step j from `fold_in(rng, ids[i])` and `fold_in(., j)`, where `ids[i]` is its index in the
+whole request. So sample i depends on the seed and i alone, not on the batch it was drawn in
+nor on how many devices drew it.
 
 Every step is written in alpha-bars, so it works between any two noise levels. Samplers derived
 in EDM's coordinates (Karras et al. 2022: x = alpha (x_edm), sigma_edm = sqrt((1 - ab) / ab))
@@ -18,6 +22,7 @@ convert at the step boundary (`edm_sigma`), so all carries hold the VP-scaled x_
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -27,9 +32,9 @@ from diffax.schedules import Schedule
 
 
 class StepInput(NamedTuple):
-  """What one step sees; every field is a traced scalar."""
+  """What one step sees; every field but rng is a traced scalar."""
   index: jax.Array           # i32[], the row of the table
-  rng: jax.Array             # key of this step's noise: fold_in(step_rng, index)
+  rng: jax.Array             # key[B], each example's key for this step (draw with `normal`)
   t: jax.Array               # i32[], timestep fed to the model (index into the training schedule)
   t_prev: jax.Array          # i32[], the timestep this step lands on; -1 after the last
   alpha_bar: jax.Array       # f32[], alpha-bar at t
@@ -95,32 +100,73 @@ def make_table(s: Schedule, timesteps: jax.Array, num_active: Optional[jax.Array
   return Table(t=t, t_prev=t_prev, alpha_bar=ab[t], alpha_bar_prev=ab_prev, active=active)
 
 
+def fold_in(keys: jax.Array, data) -> jax.Array:
+  """`jax.random.fold_in` of each key of a `[B]` key array."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def normal(keys: jax.Array, like: jax.Array) -> jax.Array:
+  """Standard normal noise shaped like `like` `[B, ...]`: example b drawn from keys[b]."""
+  return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(keys)
+
+
+def example_keys(rng: jax.Array, ids: jax.Array) -> jax.Array:
+  """The key of each example of a request: `fold_in(rng, id)`, `[B]`."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, ids)
+
+
+def initial_noise(rng: jax.Array, shape, ids: Optional[jax.Array] = None) -> jax.Array:
+  """The x_T that `run` starts from: sample b's noise from `fold_in(fold_in(rng, ids[b]), 0)`."""
+  ids = jnp.arange(shape[0]) if ids is None else ids
+  return normal(fold_in(example_keys(rng, ids), 0), jnp.zeros(shape, jnp.float32))
+
+
 def run(sampler: Sampler, table: Table, shape, rng: jax.Array,
-        x_init: Optional[jax.Array] = None) -> jax.Array:
+        x_init: Optional[jax.Array] = None, ids: Optional[jax.Array] = None) -> jax.Array:
   """Runs `sampler` over `table` from pure noise (or `x_init`) to a sample. Call it under jit.
 
   Args:
     sampler: the pure step and its carry conversions.
     table: the timesteps to visit (`make_table`).
     shape: the sample shape `[B, ...]`.
-    rng: a PRNG key; split into the starting noise and the per-step keys fold_in(., i).
+    rng: a PRNG key, the request's seed.
     x_init: the starting point x_T; None draws it from N(0, I).
+    ids: `i32[B]`, each sample's index in the whole request (default 0 .. B-1): sample b
+      draws every random number from `fold_in(rng, ids[b])`.
 
   Returns:
     The samples, f32 `shape`.
   """
-  init_rng, step_rng = jax.random.split(rng)
-  x = jax.random.normal(init_rng, shape, jnp.float32) if x_init is None else x_init
+  ids = jnp.arange(shape[0]) if ids is None else ids
+  chex.assert_shape(ids, shape[:1])
+  step_keys = fold_in(example_keys(rng, ids), 1)  # [B]
+  x = initial_noise(rng, shape, ids) if x_init is None else x_init
+  chex.assert_shape(x, tuple(shape))
 
   def body(carry, xs):
     i, row = xs
-    inputs = StepInput(index=i, rng=jax.random.fold_in(step_rng, i), t=row.t, t_prev=row.t_prev,
+    inputs = StepInput(index=i, rng=fold_in(step_keys, i), t=row.t, t_prev=row.t_prev,
                        alpha_bar=row.alpha_bar, alpha_bar_prev=row.alpha_bar_prev)
     carry = jax.lax.cond(row.active, sampler.step, lambda c, _: c, carry, inputs)
     return carry, None
 
   carry, _ = jax.lax.scan(body, sampler.init(x), (jnp.arange(table.t.shape[0]), table))
   return sampler.final(carry)
+
+
+def single_call_sampler(update: Callable, model_fn: Callable, **update_kwargs) -> Sampler:
+  """The sampler of a one-evaluation stochastic update (DDPM, DDIM, Euler ancestral).
+
+  Each step calls the model once at (x_t, t), draws fresh noise and returns
+  `update(output, x_t, alpha_bar, alpha_bar_prev, noise, **update_kwargs)`.
+  """
+
+  def step(x, inputs: StepInput):
+    output = call_model(model_fn, x, inputs.t)
+    return update(output, x, inputs.alpha_bar, inputs.alpha_bar_prev, normal(inputs.rng, x),
+                  **update_kwargs)
+
+  return Sampler(step)
 
 
 def call_model(model_fn: Callable, x: jax.Array, t: jax.Array) -> jax.Array:

@@ -6,7 +6,7 @@ host-local numpy arrays:
   {"image": f32 [B_local, H, W, C] in [-1, 1], "label": i32 [B_local]}
 
 with `B_local = config.train.batch_size // process_count` and `H = W = config.data.image_size`,
-`C = config.data.channels`. No JAX here: `diffax.parallel` places the batches on devices.
+`C = config.data.channels`. No JAX here: `diffax.pipeline.parallel` places the batches on devices.
 
 Exact resume. The batch of step k is a function of (config.seed, k, process_index) alone, so a
 run restarted at step k sees exactly the batches an uninterrupted run would have seen. This
@@ -56,10 +56,30 @@ from typing import Iterator, NamedTuple, Optional
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from diffax import datasets as _datasets  # pylint: disable=unused-import  # registers "digits"
+
+def _import_tensorflow_quietly():
+  """Imports TensorFlow with the C++ runtime's stderr lines at import hidden.
+
+  TensorFlow's runtime prints INFO lines (oneDNN, CPU features) on stderr when it loads, before
+  TF_CPP_MIN_LOG_LEVEL takes effect; a user's config error must read as one line. Python
+  exceptions of the import still propagate.
+  """
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tensorflow, tensorflow_datasets
+
+
+tf, tfds = _import_tensorflow_quietly()
+
+from diffax.pipeline import datasets as _datasets  # pylint: disable=unused-import  # registers "digits"
 
 # Shards whose preprocessed float32 images take at most this many bytes are held in memory.
 IN_MEMORY_MAX_BYTES = 256 * 2**20
@@ -133,7 +153,7 @@ def create_iterator(config, *, start_step: int = 0, process_index: Optional[int]
   in_memory = config.data.get("in_memory", None)
   if in_memory is None:
     in_memory = num_examples * size * size * channels * 4 <= IN_MEMORY_MAX_BYTES
-  logging.info("diffax.data: %s split %r, process %d of %d: %d examples, %s, batch %d from "
+  logging.info("diffax.pipeline.data: %s split %r, process %d of %d: %d examples, %s, batch %d from "
                "step %d.", config.data.dataset, config.data.split, process_index, process_count,
                num_examples, "in memory" if in_memory else "streaming", local_batch,
                start_step)
@@ -202,13 +222,13 @@ def _configure_tensorflow(config) -> None:
   try:
     tf.config.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError) as e:
-    logging.warning("diffax.data: could not hide GPUs from TensorFlow: %s", e)
+    logging.warning("diffax.pipeline.data: could not hide GPUs from TensorFlow: %s", e)
   threads = _num_threads(config.data)
   try:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
   except RuntimeError as e:
-    logging.info("diffax.data: could not bound TensorFlow's thread pools: %s", e)
+    logging.info("diffax.pipeline.data: could not bound TensorFlow's thread pools: %s", e)
 
 
 def _num_threads(data_config) -> int:
@@ -242,7 +262,7 @@ def _prepared_builder(config) -> tfds.core.DatasetBuilder:
     return builder
   where = builder.data_dir
   if name in EMBEDDED_DATASETS:
-    logging.info("diffax.data: preparing %s in %s (no network needed).", name, where)
+    logging.info("diffax.pipeline.data: preparing %s in %s (no network needed).", name, where)
     try:
       builder.download_and_prepare()
     except Exception:  # pylint: disable=broad-except
@@ -256,7 +276,7 @@ def _prepared_builder(config) -> tfds.core.DatasetBuilder:
   if not config.data.get("download", True):
     raise ValueError(f"Dataset {name!r} is not prepared in {where} (config.data.data_dir="
                      f"{data_dir!r}) and config.data.download is False: {how}.")
-  logging.warning("diffax.data: dataset %r is not prepared in %s; downloading it now. Without "
+  logging.warning("diffax.pipeline.data: dataset %r is not prepared in %s; downloading it now. Without "
                   "network TFDS retries for minutes before it fails.", name, where)
   try:
     builder.download_and_prepare()

@@ -16,7 +16,7 @@ Splits, cut in scikit-learn's order (TFDS then stores each split in its own shuf
   Use split "train+test" for all 1,797.
 
 Defining the class registers the name "digits" with TFDS (TFDS registers every builder subclass);
-`diffax.data` imports this module, so `tfds.builder("digits")` works once `diffax.data` is
+`diffax.pipeline.data` imports this module, so `tfds.builder("digits")` works once it is
 imported. `import diffax` alone does not import it.
 """
 

@@ -1,0 +1,44 @@
+"""Cross-field config checks: rules that tie two fields together.
+
+A single value is checked once, where it is used (the library checks its keywords, `build`
+names the config section); what no single use can see is checked here, before anything builds,
+compiles or reads data, with messages that name every field involved.
+"""
+
+
+def check_conditioning(config) -> None:
+  """Condition dropout, guidance and the class label against the model's conditioning."""
+  num_classes = config.model.num_classes
+  dropout = config.train.cond_dropout
+  if dropout > 0 and not num_classes:
+    raise ValueError(f"config.train.cond_dropout={dropout} needs a conditional model (set "
+                     f"config.model.num_classes > 0): an unconditional model has no condition "
+                     f"to drop")
+  scale = config.sample.guidance_scale
+  if scale != 1 and not num_classes:
+    raise ValueError(f"config.sample.guidance_scale={scale} needs a conditional model "
+                     f"(config.model.num_classes > 0); an unconditional model allows only 1")
+  if scale != 1 and not dropout > 0:
+    raise ValueError(f"config.sample.guidance_scale={scale} needs a model trained with "
+                     f"config.train.cond_dropout > 0: with 0 its null condition (the "
+                     f"unconditional model) was never trained; only 1 (conditional) is "
+                     f"meaningful")
+  label = config.sample.class_label
+  if label != -1 and not 0 <= label < num_classes:
+    allowed = (f"-1 (image i gets i % {num_classes}) or 0 .. {num_classes - 1}" if num_classes
+               else "-1 (an unconditional model takes no label)")
+    raise ValueError(f"config.sample.class_label must be {allowed}, got {label!r}")
+
+
+def check_sampling(config) -> None:
+  """`config.sample` against the trained schedule and conditioning."""
+  if config.sample.num_steps > config.diffusion.num_steps:
+    raise ValueError(f"config.sample.num_steps={config.sample.num_steps} exceeds the "
+                     f"config.diffusion.num_steps={config.diffusion.num_steps} the model was "
+                     f"trained on")
+  check_conditioning(config)
+
+
+def check(config) -> None:
+  """Every cross-field rule of a training config."""
+  check_sampling(config)

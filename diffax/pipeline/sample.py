@@ -1,0 +1,230 @@
+"""Drawing samples from a run: batched, data-parallel over every device, per-image reproducible.
+
+`Request` holds what a user asks for (how many images, their labels, an image to edit) and
+draws them batch by batch on the compile-once program of `diffax.sampling.make_sampler`.
+Sample i depends on the seed and i alone: batch size and device count change nothing.
+`load_ema_params` reads a training workdir's newest checkpoint; `sample_workdir` is
+scripts/sample.py.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from diffax import sampling
+from diffax.pipeline import build
+from diffax.pipeline import checkpoint
+from diffax.pipeline import checks
+from diffax.pipeline import images as images_lib
+from diffax.pipeline import optim
+from diffax.pipeline import parallel
+from diffax.pipeline import state as state_lib
+from diffax.pipeline.workdir import Workdir
+
+
+def check_edits(*, init_image: bool, mask: bool, strength: bool, resample: bool,
+                prefix: str = "") -> None:
+  """Raises ValueError when the editing options given do not go together.
+
+  Inpainting needs init_image and mask (resample is its option); SDEdit needs init_image and
+  strength. The arguments say which options were given; `prefix` goes before each name in the
+  message ("--" for command-line flags).
+  """
+  p = prefix
+  if mask and not init_image:
+    raise ValueError(f"{p}mask needs {p}init_image: the image whose known pixels it marks")
+  if strength and not init_image:
+    raise ValueError(f"{p}strength (SDEdit) needs {p}init_image: the image to edit")
+  if resample and not mask:
+    raise ValueError(f"{p}resample (RePaint) needs {p}mask and {p}init_image")
+  if init_image and not mask and not strength:
+    raise ValueError(f"{p}init_image needs {p}mask (inpainting) or {p}strength (SDEdit)")
+
+
+def class_labels(num_classes: int, num_images: int, class_label: int) -> np.ndarray:
+  """`class_label` for every image, or i % num_classes for image i when it is -1."""
+  if class_label >= 0:
+    return np.full((num_images,), class_label, np.int32)
+  return (np.arange(num_images) % num_classes).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_run(out_sharding):
+  """One jit of the sampling program per output sharding, shared by every request: a request
+  with new settings but the same static spec reuses the compiled program."""
+  kwargs = {} if out_sharding is None else {"out_shardings": out_sharding}
+  return jax.jit(sampling.compiled.run, static_argnames=("apply_fn", "spec"), **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """Images to draw with a compiled sampler: `request(params, rng) -> [num_images, ...]`.
+
+  Attributes:
+    sampler: the compiled sampler (its batch size is the shape's first axis).
+    num_images: how many images.
+    knobs: keyword settings of `sampler.knobs` shared by every image (steps, eta, guidance...).
+    per_image: knob name -> an array of one row per image (`cond` holds a dict of them):
+      batch b takes rows b * batch_size ...; an array of fewer rows is cycled.
+    mesh: devices to split each batch over ('data' axis), or None for the default device.
+  """
+  sampler: sampling.CompiledSampler
+  num_images: int
+  knobs: dict = dataclasses.field(default_factory=dict)
+  per_image: dict = dataclasses.field(default_factory=dict)
+  mesh: Any = None
+
+  @property
+  def batch_size(self) -> int:
+    return self.sampler.spec.shape[0]
+
+  def batch_knobs(self, index: int) -> sampling.Knobs:
+    """The traced settings of batch `index`: its images' ids and rows of the per-image arrays."""
+    rows = index * self.batch_size + np.arange(self.batch_size)
+    take = lambda a: jnp.asarray(np.asarray(a)[rows % len(a)])
+    kwargs = dict(self.knobs, ids=rows.astype(np.int32))
+    for name, value in self.per_image.items():
+      kwargs[name] = ({k: take(v) for k, v in value.items()} if isinstance(value, dict)
+                      else take(value))
+    return self.sampler.knobs(**kwargs)
+
+  def __call__(self, params, rng: jax.Array, *, progress: bool = False) -> np.ndarray:
+    """Draws the images, `[num_images, ...]` float32 on the host."""
+    if self.num_images < 1:
+      raise ValueError(f"the number of images must be >= 1, got {self.num_images}")
+    out_sharding = None
+    if self.mesh is not None:
+      out_sharding = (parallel.batch_sharding(self.mesh) if self.batch_size % self.mesh.size == 0
+                      else parallel.replicated(self.mesh))
+    run = _jitted_run(out_sharding)
+    num_batches = -(-self.num_images // self.batch_size)
+    chunks = []
+    for index in tqdm.trange(num_batches, desc="sampling", unit="batch",
+                             disable=not progress or jax.process_index() != 0):
+      images = run(self.sampler.apply_fn, params, rng, self.batch_knobs(index),
+                   spec=self.sampler.spec)
+      chunks.append(parallel.to_host(images))
+    return np.concatenate(chunks)[:self.num_images]
+
+
+def request(config, net, noise_schedule, *, num_images: int, batch_size: int, mesh=None,
+            class_label: Optional[int] = None, init_image=None, mask=None,
+            strength: Optional[float] = None, resample: Optional[int] = None) -> Request:
+  """The `Request` of `config.sample` (its sampler settings, labels and guidance).
+
+  Args:
+    config: the run config.
+    net: the model (`build.model`).
+    noise_schedule: the training schedule.
+    num_images: how many images.
+    batch_size: images per sampler call.
+    mesh: devices to split each batch over, or None.
+    class_label: a conditional model's label for every image, -1 for i % num_classes;
+      default `config.sample.class_label`.
+    init_image: `[N, *sample_shape]` (or one image) in [-1, 1], the image to edit.
+    mask: inpainting: known pixels (nonzero = known), shaped like init_image (or 1 channel).
+    strength: SDEdit strength in (0, 1].
+    resample: RePaint's resample count (inpainting).
+  """
+  check_edits(init_image=init_image is not None, mask=mask is not None,
+              strength=strength is not None, resample=resample is not None)
+  compiled = build.sampler(config, net, noise_schedule, batch_size=batch_size)
+  knobs = {"eta": config.sample.eta}
+  if compiled.spec.guided:
+    knobs["guidance_scale"] = config.sample.guidance_scale
+  per_image = {}
+  num_classes = config.model.num_classes
+  if num_classes:
+    label = config.sample.class_label if class_label is None else class_label
+    per_image["cond"] = {"label": class_labels(num_classes, num_images, label)}
+  shape = net.sample_shape
+  if init_image is not None:
+    init_image = _per_image("init_image", init_image, shape).astype(np.float32)
+    if mask is not None:
+      mask = _per_image("mask", mask, shape, any_channels=True) != 0
+      per_image["x_known"] = init_image
+      per_image["mask"] = np.broadcast_to(mask, mask.shape[:-1] + shape[-1:])
+      knobs["resample"] = 1 if resample is None else resample
+    if strength is not None:
+      per_image["init_image"] = init_image
+      knobs["strength"] = strength
+  return Request(sampler=compiled, num_images=num_images, knobs=knobs, per_image=per_image,
+                 mesh=mesh)
+
+
+def _per_image(name: str, array, shape, *, any_channels: bool = False) -> np.ndarray:
+  """One image or `[N, *shape]` as `[N, *shape]`; a clear error if the size differs. With
+  `any_channels`, 1 channel is accepted too (a mask shared by every channel)."""
+  array = np.asarray(array)
+  array = array[None] if array.ndim == len(shape) else array
+  shapes = [tuple(shape)] + ([tuple(shape[:-1]) + (1,)] if any_channels else [])
+  if array.ndim != len(shape) + 1 or array.shape[1:] not in shapes:
+    raise ValueError(f"{name} of shape {array.shape} does not fit the model's samples "
+                     f"{tuple(shape)} (give one sample or [N, {', '.join(map(str, shape))}])")
+  return array
+
+
+def load_ema_params(workdir: Workdir, config, net, *, mesh=None):
+  """The EMA params of the newest checkpoint of a training run, and its step.
+
+  Args:
+    workdir: the run directory.
+    config: its config (`workdir.load_config()`).
+    net: its model (`build.model(config)`).
+    mesh: where to place the params (default: every device), replicated.
+
+  Returns:
+    `(ema_params, step)`.
+
+  Raises:
+    FileNotFoundError: no checkpoint in the workdir.
+  """
+  if checkpoint.latest_step_in(workdir.checkpoints) is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir.checkpoints}: train first, or check "
+                            "--workdir")
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  tx, _ = optim.create_optimizer(config)
+  create = lambda rng: state_lib.create_train_state(net.init_fn, tx, rng)
+  target = parallel.abstract_state(create, mesh, jax.random.key(0))
+  with checkpoint.from_config(config, workdir) as ckpt:
+    state = ckpt.restore_or_init(target)
+  return state.ema_params, int(state.step)
+
+
+def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed: int = 0,
+                   init_image=None, mask=None, strength: Optional[float] = None,
+                   resample: Optional[int] = None, progress: bool = True):
+  """Draws `config.sample.num_images` images from a run's EMA params; writes a PNG grid and
+  the float32 samples (.npz, key `samples`) beside it.
+
+  Args:
+    workdir: the run directory.
+    config: its config with the sampling settings to use (`config.sample`).
+    out: the PNG path (default `workdir.default_samples()`).
+    seed: the sampling seed: image i depends on it and i alone.
+    init_image, mask, strength, resample: editing (see `request`).
+    progress: show a progress bar.
+
+  Returns:
+    `(png_path, npz_path, step)`, the paths written (by process 0) and the checkpoint's step.
+  """
+  checks.check_sampling(config)
+  mesh = parallel.create_mesh()
+  net, noise_schedule = build.model(config), build.schedule(config)
+  req = request(config, net, noise_schedule, num_images=config.sample.num_images,
+                batch_size=config.sample.batch_size, mesh=mesh, init_image=init_image,
+                mask=mask, strength=strength, resample=resample)
+  req.batch_knobs(0)  # checks every setting before the checkpoint is read
+  params, step = load_ema_params(workdir, config, net, mesh=mesh)
+  samples = req(params, jax.random.key(seed), progress=progress)
+  png = npz = None
+  if jax.process_index() == 0:
+    num_classes = config.model.num_classes
+    ncols = num_classes if num_classes and config.sample.class_label == -1 else None
+    png, npz = images_lib.save_samples(out or workdir.default_samples(), samples, ncols=ncols)
+  return png, npz, step

@@ -1,0 +1,118 @@
+"""The training loop's record: metrics summed on device, a progress bar, and every
+`log_every` steps one line of metrics.jsonl and TensorBoard.
+
+A non-finite loss or gradient is caught here, when the interval's metrics are read: with
+`config.train.nonfinite = "stop"` the run stops (`errors.NonFiniteLossError`), with "skip" the
+step already dropped the update and the skipped steps are counted.
+"""
+
+import operator
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import tqdm
+
+from diffax.pipeline import errors
+from diffax.pipeline import metric_writer
+
+
+def report(message: str, *, every_process: bool = False) -> None:
+  """Prints a line above the progress bar (process 0 only) and logs it.
+
+  With `every_process`, the other processes of a multi-host run log it as a warning, so that it
+  shows in their logs too (scripts/train.py logs warnings and up).
+  """
+  if jax.process_index() == 0:
+    logging.info(message)
+    tqdm.tqdm.write(message)
+  elif every_process:
+    logging.warning("process %d: %s", jax.process_index(), message)
+  else:
+    logging.info(message)
+
+
+def sum_metrics(summed, metrics):
+  """Adds one step's metrics to the running sums; a skipped (non-finite) step adds only to
+  `nonfinite`, so the sums average over the applied updates."""
+  skipped = metrics["nonfinite"] > 0
+  added = {k: v if k == "nonfinite" else jnp.where(skipped, 0.0, v)
+           for k, v in metrics.items()}
+  return added if summed is None else jax.tree.map(operator.add, summed, added)
+
+
+class TrainLog:
+  """Accumulates step metrics and writes them (process 0) at the log steps.
+
+  Args:
+    workdir: the run directory (its metrics.jsonl and tensorboard/).
+    start_step: the step the run starts (or resumes) at.
+    num_steps: the last step.
+    batch_size: the global batch, for images per second.
+    skip_nonfinite: count non-finite steps (True) or stop on them (False).
+  """
+
+  def __init__(self, workdir, *, start_step: int, num_steps: int, batch_size: int,
+               skip_nonfinite: bool):
+    self._chief = jax.process_index() == 0
+    self._writer = (metric_writer.MetricWriter(workdir, start_step=start_step) if self._chief
+                    else None)
+    self._progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="training",
+                               unit="step", disable=not self._chief, dynamic_ncols=True)
+    self._accumulate = jax.jit(sum_metrics, donate_argnums=0)
+    self._batch_size = batch_size
+    self._skip_nonfinite = skip_nonfinite
+    self._reset()
+
+  def _reset(self):
+    self._summed, self._steps, self._start = None, 0, time.perf_counter()
+
+  def add(self, metrics) -> None:
+    """Adds one step's metrics (device arrays; nothing is read on the host)."""
+    self._summed = self._accumulate(self._summed, metrics)
+    self._steps += 1
+    self._progress.update(1)
+
+  def write(self, step: int, *, latest_checkpoint) -> dict:
+    """Reads the interval's sums, writes their means as the metrics of `step`, and resets.
+
+    Args:
+      step: the number of steps done.
+      latest_checkpoint: the newest checkpoint's step, named if the run must stop.
+
+    Returns:
+      The scalars written.
+
+    Raises:
+      errors.NonFiniteLossError: a step of the interval had a non-finite loss or gradient and
+        non-finite steps are not skipped.
+    """
+    sums = {k: float(v) for k, v in jax.device_get(self._summed).items()}
+    nonfinite = round(sums.pop("nonfinite"))
+    if nonfinite and not self._skip_nonfinite:
+      raise errors.NonFiniteLossError(
+          f"non-finite loss or gradient in {nonfinite} of the {self._steps} step(s) up to step "
+          f"{step}; stopping without saving this state. Newest checkpoint: step "
+          f"{latest_checkpoint}. Lower config.optim.learning_rate, check the data, or set "
+          f"config.train.nonfinite=skip to drop such updates.")
+    applied = self._steps - nonfinite
+    scalars = {k: v / applied if applied else float("nan") for k, v in sums.items()}
+    if self._skip_nonfinite:
+      scalars["skipped_steps"] = nonfinite
+      if nonfinite:
+        report(f"step {step}: skipped {nonfinite} of {self._steps} update(s) with a non-finite "
+               f"loss or gradient")
+    elapsed = time.perf_counter() - self._start
+    scalars["steps_per_sec"] = self._steps / elapsed
+    scalars["images_per_sec"] = self._steps * self._batch_size / elapsed
+    if self._writer is not None:
+      self._writer.write(step, scalars)
+    self._progress.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+    self._reset()
+    return scalars
+
+  def close(self) -> None:
+    self._progress.close()
+    if self._writer is not None:
+      self._writer.close()
