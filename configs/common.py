@@ -96,6 +96,8 @@ def base_config():
                                     # of batch_size / k (lax.scan), then makes one update
   c.train.nonfinite = "stop"        # NaN/inf loss or gradient: "stop" the run (nothing of that
                                     # state is saved) | "skip" the update (logged: skipped_steps)
+  c.train.max_steps_ahead = 0       # dispatched steps the loop may run ahead of the finished
+                                    # ones: a stop takes at most 1 + this many steps + the save
 
   # Multi-host (TPU pods, several GPU hosts). Left as None, the first three come from
   # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; with none of them set and

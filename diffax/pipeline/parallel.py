@@ -14,6 +14,7 @@ numpy, and `shard_batch` assembles the global `jax.Array` from the slices.
 import os
 import signal
 import threading
+import time
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -302,6 +303,7 @@ class PreemptionGuard:
 
   def __init__(self):
     self.signal_name: Optional[str] = None  # the signal this process received, if any
+    self.signal_time: Optional[float] = None  # time.monotonic() when it arrived (or was heard)
     self._multiprocess = jax.process_count() > 1
     self._previous = {}
     self._stop = False
@@ -313,6 +315,7 @@ class PreemptionGuard:
     if self.signal_name == "SIGINT" and signum == signal.SIGINT:
       raise KeyboardInterrupt  # the second Ctrl-C: stop without waiting for the step
     self.signal_name = name
+    self.signal_time = time.monotonic()
     logging.warning("%s received: saving a checkpoint at the next step boundary and stopping",
                     name)
     if self._multiprocess and signum != signal.SIGTERM:
@@ -359,6 +362,7 @@ class PreemptionGuard:
       return False
     if self._stop and self.signal_name is None:
       self.signal_name = "a preemption notice (SIGTERM)"
+      self.signal_time = time.monotonic()
     return self._stop
 
 

@@ -19,6 +19,8 @@ usable), a non-finite loss (`errors.NonFiniteLossError`, or `config.train.nonfin
 to drop such updates and count them as `skipped_steps`).
 """
 
+import time
+
 import jax
 
 from diffax import models
@@ -52,9 +54,9 @@ def check_loop_options(config, mesh) -> None:
   for field in ("num_steps", "log_every", "checkpoint_every"):
     if isinstance(t[field], bool) or not isinstance(t[field], int) or t[field] < 1:
       raise ValueError(f"config.train.{field} must be an int >= 1, got {t[field]!r}")
-  if not isinstance(t.sample_every, int) or t.sample_every < 0:
-    raise ValueError(f"config.train.sample_every must be an int >= 0 (0: never), got "
-                     f"{t.sample_every!r}")
+  for field in ("sample_every", "max_steps_ahead"):
+    if isinstance(t[field], bool) or not isinstance(t[field], int) or t[field] < 0:
+      raise ValueError(f"config.train.{field} must be an int >= 0, got {t[field]!r}")
   if config.model.dtype not in COMPUTE_DTYPES:
     raise ValueError(f"config.model.dtype={config.model.dtype!r} cannot train; choose one of "
                      f"{list(COMPUTE_DTYPES)}")
@@ -143,26 +145,27 @@ def train_and_evaluate(config, workdir):
   if start_step < num_steps:
     batch = parallel.shard_batch(task.loss_batch(next(batches)), mesh)
     step_fn = parallel.compile_now(step_fn, state, batch, train_rng, name="train_step")
-  log = TrainLog(workdir, start_step=start_step, num_steps=num_steps,
-                 batch_size=t.batch_size, skip_nonfinite=t.nonfinite == "skip")
+  log = TrainLog(workdir, start_step=start_step, num_steps=num_steps, batch_size=t.batch_size,
+                 skip_nonfinite=t.nonfinite == "skip", max_ahead=t.max_steps_ahead,
+                 latest_checkpoint=ckpt.latest_step)
+  preemption = parallel.PreemptionGuard()
+  stopped_at = None
   try:
-    with parallel.PreemptionGuard() as preemption:
+    with preemption:
       for step in range(start_step, num_steps):
         if step > start_step:  # the first batch was read to compile the step
           batch = parallel.shard_batch(task.loss_batch(next(batches)), mesh)
         state, metrics = step_fn(state, batch, train_rng)
-        log.add(metrics)
         done = step + 1
+        log.add(done, metrics)  # waits until at most max_steps_ahead steps are unfinished
         stop = preemption.stop_requested(done)  # the same step on every process
         is_last = done == num_steps
         if done % t.log_every == 0 or is_last or stop:
-          log.write(done, latest_checkpoint=ckpt.latest_step())
+          log.write(done)
         if done % t.checkpoint_every == 0 or is_last or stop:
           ckpt.save(done, state)
         if stop:
-          report(f"{preemption.signal_name}: stopped at step {done} of {num_steps} after "
-                 f"saving checkpoint {done}; run the same command again to resume",
-                 every_process=True)
+          stopped_at = done
           break
         if is_last or (t.sample_every and done % t.sample_every == 0):
           path = task.write_samples(workdir, done, state.ema_params, mesh)
@@ -170,4 +173,9 @@ def train_and_evaluate(config, workdir):
   finally:
     log.close()
     ckpt.close()  # waits for an async save in flight: a finished run leaves complete checkpoints
+  if stopped_at is not None:
+    after = time.monotonic() - preemption.signal_time
+    report(f"{preemption.signal_name}: stopped at step {stopped_at} of {num_steps}, "
+           f"{after:.1f} s after the signal, with checkpoint {stopped_at} saved; run the same "
+           f"command again to resume", every_process=True)
   return state
