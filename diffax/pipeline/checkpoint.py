@@ -63,15 +63,16 @@ def _configure_array_handler() -> None:
   if _array_handler_configured or jax.default_backend() != "cpu":
     return
   _array_handler_configured = True
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  with _orbax_errors_hidden():  # Orbax warns that it replaces its default handler
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 @contextlib.contextmanager
 def _orbax_errors_hidden():
-  """Hides the errors Orbax logs itself when it reads a damaged checkpoint (on opening the
-  directory and on restoring): `restore_or_init` reports each failure once, with what it does
-  about it."""
+  """Hides what Orbax logs itself: its errors when it reads a damaged checkpoint (on opening
+  the directory and on restoring; `restore_or_init` reports each failure once, with what it
+  does about it), and its warning when `_configure_array_handler` replaces a default."""
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.FATAL)
   try:
