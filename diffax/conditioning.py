@@ -12,8 +12,10 @@ by its configuration:
 
 A model declares its **null condition**: for each key that can be dropped, the value it takes
 when dropped, without the batch axis (e.g. `{"label": 10}` for ten classes, whose null label is
-10; `{"context": zeros[L, D], "context_mask": all False}` for text). Keys absent from the null
-condition are never dropped (a super-resolution model always sees its low-res input).
+10; `{"context": zeros[1, D], "context_mask": [False]}` for text: the empty caption, a sequence
+with no real token). A null value is repeated to the shape of the value it replaces, so one
+null token serves captions of any length L. Keys absent from the null condition are never
+dropped (a super-resolution model always sees its low-res input).
 
 Classifier-free guidance (Ho & Salimans 2022) needs exactly two operations, written here once
 for every kind of condition:
@@ -71,13 +73,16 @@ def nullify(cond: Cond, null: Mapping[str, Any], batch: Optional[int] = None) ->
     batch: B, needed only when cond is None.
 
   Returns:
-    The unconditional counterpart of `cond`, `[B, ...]` arrays.
+    The unconditional counterpart of `cond`, `[B, ...]` arrays; a null value is repeated to
+    the shape of the value it replaces (a null token sequence `[1, D]` to `[B, L, D]`).
   """
   batch = batch_size(cond) or batch
   if batch is None:
     raise ValueError("nullify needs a non-empty cond or the batch size")
   out = dict(cond or {})
-  out.update(broadcast_null(null, batch))
+  for key, value in broadcast_null(null, batch).items():
+    out[key] = (jnp.broadcast_to(value.astype(jnp.asarray(out[key]).dtype), jnp.shape(out[key]))
+                if key in out else value)
   return out
 
 
@@ -102,6 +107,26 @@ def drop(cond: Cond, null: Mapping[str, Any], keep: jax.Array) -> Cond:
     k = keep.reshape(keep.shape + (1,) * (x.ndim - 1))
     out[key] = jnp.where(k, x, jnp.asarray(value, x.dtype))
   return out
+
+
+def augment_low_res(low_res: jax.Array, noise_level, noise: jax.Array) -> jax.Array:
+  """Noise-conditioning augmentation of a low-res image (Imagen, Saharia et al. 2022, 2.5).
+
+  Variance-preserving: sqrt(1 - s^2) low_res + s noise, for the noise level s in [0, 1]
+  (s = 0 leaves it unchanged, s = 1 leaves pure noise). The model is told s as
+  `cond["noise_level"]`; training draws s at random, sampling fixes it.
+
+  Args:
+    low_res: `[B, h, w, C]` images in [-1, 1].
+    noise_level: s, a scalar or `f32[B]`.
+    noise: standard normal noise shaped like low_res.
+
+  Returns:
+    The augmented images, shaped like low_res.
+  """
+  s = jnp.asarray(noise_level, jnp.float32)
+  s = s.reshape(s.shape + (1,) * (low_res.ndim - s.ndim))
+  return jnp.sqrt(1.0 - jnp.square(s)) * low_res + s * noise
 
 
 def concat(a: Cond, b: Cond) -> Cond:

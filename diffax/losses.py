@@ -44,6 +44,7 @@ def make_loss_fn(
     min_snr_gamma: float = 5.0,
     null_cond: Optional[Mapping[str, Any]] = None,
     cond_dropout: float = 0.0,
+    low_res_noise: float = 0.0,
 ) -> Callable:
   """Builds the training loss.
 
@@ -58,12 +59,17 @@ def make_loss_fn(
     cond_dropout: probability of replacing an example's condition by the null condition, which
       trains the unconditional model of classifier-free guidance alongside the conditional one
       (`diffax.conditioning.drop`; one mechanism for labels, embeddings and text).
+    low_res_noise: the highest noise level s of the noise-conditioning augmentation of a
+      super-resolution model's `cond["low_res"]` (Imagen): each example draws s ~ U[0,
+      low_res_noise], its low_res becomes `conditioning.augment_low_res(low_res, s, noise)`
+      and `cond["noise_level"]` is s. 0: no augmentation.
 
   Returns:
     `loss_fn(params, batch, rng) -> (loss, aux)`. batch holds `"x"` `[B, ...]`, the clean data
     (images in [-1, 1], or any other shape), and optionally `"cond"`, the conditioning dict.
     loss is a scalar and aux a dict of scalar metrics: `loss`, `mse` (unweighted) and
-    `mse_t0..3` (mean MSE per quarter of [0, T)).
+    `mse_t0..3` (mean MSE per quarter of [0, T)). A super-resolution batch's cond holds
+    `"low_res"` (clean; the loss augments it).
     An optional `"index"` `i32[B]` (added by the training step) gives each example's position
     in the global batch: each example's t, noise and dropout coin then come from
     `fold_in(rng', index)`, so a micro-batch of gradient accumulation draws exactly what its
@@ -73,6 +79,8 @@ def make_loss_fn(
   snr_weight(jnp.ones(()), prediction, weighting, min_snr_gamma)  # validates `weighting` early
   if not 0.0 <= cond_dropout <= 1.0:
     raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
+  if not 0.0 <= low_res_noise <= 1.0:
+    raise ValueError(f"low_res_noise must lie in [0, 1], got {low_res_noise}")
   if cond_dropout > 0 and not null_cond:
     raise ValueError("cond_dropout > 0 needs the model's null_cond (a conditional model): "
                      "there is no condition to drop")
@@ -88,11 +96,27 @@ def make_loss_fn(
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)  # [B]
     return jax.vmap(draw)(keys)
 
+  def augment(cond, rng, index):
+    """cond with its low_res noised to a random level s, told as noise_level (Imagen)."""
+    low = cond["low_res"]  # [B, h, w, C]
+    def draw(key):
+      level_key, noise_key = jax.random.split(key)
+      return (jax.random.uniform(level_key, (), jnp.float32, 0.0, low_res_noise),
+              jax.random.normal(noise_key, low.shape[1:], low.dtype))
+    if index is None:
+      keys = jax.random.split(rng, low.shape[0])
+    else:
+      keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)
+    level, noise = jax.vmap(draw)(keys)  # [B], [B, h, w, C]
+    return dict(cond, low_res=conditioning.augment_low_res(low, level, noise),
+                noise_level=level)
+
   def loss_fn(params, batch, rng):
     x0 = batch["x"]  # [B, ...]
     chex.assert_rank(x0, {2, 3, 4, 5})
     batch_size = x0.shape[0]
     t_rng, noise_rng, drop_rng, model_rng = jax.random.split(rng, 4)
+    augment_rng = jax.random.fold_in(drop_rng, 1)  # noise-conditioning augmentation
     index = batch.get("index")  # i32[B] or None
     if index is None:  # the whole batch's draws at once
       t = jax.random.randint(t_rng, (batch_size,), 0, num_steps)  # [B]
@@ -109,6 +133,8 @@ def make_loss_fn(
       chex.assert_tree_shape_prefix(cond, (batch_size,))
       if cond_dropout > 0:
         cond = conditioning.drop(cond, null_cond, jnp.logical_not(dropped))
+      if low_res_noise > 0 and "low_res" in cond:
+        cond = augment(cond, augment_rng, index)
 
     output = apply_fn(params, x_t, t, cond, train=True, rng=model_rng)
     tgt = diffusion.target(x0, noise, alpha, sigma, prediction)

@@ -98,6 +98,40 @@ def test_cond_dropout_replaces_the_droppable_keys_by_the_null_condition_together
   np.testing.assert_array_equal(got["low_res"], 7.0)
 
 
+def test_low_res_noise_augments_the_low_res_input_and_tells_its_level():
+  """Imagen's noise-conditioning augmentation: s ~ U[0, max] per example, low_res becomes
+  sqrt(1 - s^2) low_res + s noise, cond["noise_level"] = s; per-example draws are the same
+  whatever the micro-batch an example sits in."""
+  seen = []
+
+  def apply_fn(params, x_t, t, cond=None, **kw):
+    seen.append(cond)
+    return jnp.zeros_like(x_t)
+
+  n = 2000
+  low = jnp.full((n, 2, 2, 1), 0.5)
+  batch = {"x": jnp.zeros((n, 4, 4, 1)), "cond": {"low_res": low}}
+  loss_fn = losses.make_loss_fn(apply_fn, SCHEDULE, low_res_noise=0.4)
+  loss_fn(None, batch, jax.random.key(7))
+  level, noisy = np.asarray(seen[0]["noise_level"]), np.asarray(seen[0]["low_res"])
+  assert level.shape == (n,) and 0 <= level.min() and level.max() <= 0.4
+  np.testing.assert_allclose([level.mean(), level.std()], [0.2, 0.4 / np.sqrt(12)], atol=0.015)
+  noise = (noisy - np.sqrt(1 - level**2)[:, None, None, None] * 0.5) / level[:, None, None, None]
+  np.testing.assert_allclose([noise.mean(), noise.std()], [0.0, 1.0], atol=0.04)
+  # With the examples' global positions, halves of the batch draw what the whole batch draws.
+  index = jnp.arange(8)
+  small = {"x": jnp.zeros((8, 4, 4, 1)), "cond": {"low_res": low[:8]}, "index": index}
+  seen.clear()
+  loss_fn(None, small, jax.random.key(7))
+  loss_fn(None, jax.tree.map(lambda a: a[4:], small), jax.random.key(7))
+  np.testing.assert_array_equal(seen[0]["low_res"][4:], seen[1]["low_res"])
+  np.testing.assert_array_equal(seen[0]["noise_level"][4:], seen[1]["noise_level"])
+  # Without the option, low_res passes untouched and no level is added.
+  seen.clear()
+  losses.make_loss_fn(apply_fn, SCHEDULE)(None, batch, jax.random.key(7))
+  assert set(seen[0]) == {"low_res"} and np.all(np.asarray(seen[0]["low_res"]) == 0.5)
+
+
 def test_the_loss_is_shape_generic():
   """Vectors (a prior over embeddings), 1-D signals and video: the same loss, same value."""
   zero = lambda params, x_t, t, cond=None, **kw: jnp.zeros_like(x_t)
@@ -127,6 +161,7 @@ def test_timesteps_cover_the_schedule_uniformly():
     (dict(weighting="snr"), "weighting"),
     (dict(cond_dropout=1.5), "cond_dropout"),
     (dict(cond_dropout=0.1), "null_cond"),  # nothing to drop to
+    (dict(low_res_noise=1.5), "low_res_noise"),
 ])
 def test_bad_options_are_rejected(kwargs, match):
   with pytest.raises(ValueError, match=match):

@@ -93,7 +93,7 @@ def create(name: str = "unet", *, sample_shape, dtype="float32",
   def init_fn(rng: jax.Array):
     x = jnp.zeros((1, *sample_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    cond = conditioning.broadcast_null(null_cond, 1) if null_cond else None
+    cond = module.init_cond(sample_shape)  # every key the network reads, batch 1
     return module.init({"params": rng}, x, t, cond, train=False)["params"]
 
   def apply_fn(params, x_t, t, cond=None, *, train: bool = False,

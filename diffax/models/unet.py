@@ -12,6 +12,17 @@ Layout, for `channel_mult = (m_0, ..., m_{L-1})` and `c = base_channels`:
   out:          GroupNorm, SiLU, conv3x3 (zero-initialised) to the input channel count
 
 Attention is used at the levels whose resolution in pixels is in `attention_resolutions`.
+
+Conditions beyond the class label (`diffax.conditioning`), each read in one delimited place:
+  context       with `context_dim` > 0, a `attention.SpatialTransformer` (Stable Diffusion's
+                cross-attention block) follows the blocks of the levels in
+                `cross_attention_resolutions` and the middle attention, reading
+                `cond["context"]` / `cond["context_mask"]`; the null condition is a sequence
+                with no real token.
+  low_res       with `low_res_size` > 0 (super-resolution, SR3), `cond["low_res"]`, bicubic-
+                upsampled to the sample size, is concatenated to x_t before conv_in, and
+                `cond["noise_level"]` (Imagen's noise-conditioning augmentation) is embedded
+                and added to the time embedding (`low_res`).
 """
 
 from typing import Any, Sequence
@@ -20,7 +31,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from diffax.models import attention
 from diffax.models import layers
+from diffax.models import low_res as low_res_lib
 
 Dtype = Any
 
@@ -39,6 +52,12 @@ class UNet(nn.Module):
     num_classes: 0 for an unconditional model; k > 0 reads `cond["label"]` through a k + 1 row
       label embedding whose row k is the null label of classifier-free guidance.
     scale_shift: ADM scale-shift time injection (True) or DDPM additive injection (False).
+    context_dim: 0, or D: the model reads `cond["context"]` `[B, L, D]` through cross-attention.
+    cross_attention_resolutions: resolutions in pixels whose blocks are followed by a
+      cross-attention transformer (the middle block always has one when context_dim > 0).
+    transformer_depth: transformer blocks per cross-attention transformer.
+    low_res_size: 0, or h: a super-resolution model reading `cond["low_res"]` `[B, h, w, C]`
+      (w = W * h / H) and `cond["noise_level"]` `f32[B]` (absent: 0).
     dtype: compute dtype; parameters stay float32 and the output is float32.
     fast: the layers' hand-written gradients (`layers`); same parameters and values.
   """
@@ -51,13 +70,33 @@ class UNet(nn.Module):
   num_groups: int = 32
   num_classes: int = 0
   scale_shift: bool = True
+  context_dim: int = 0
+  cross_attention_resolutions: Sequence[int] = ()
+  transformer_depth: int = 1
+  low_res_size: int = 0
   dtype: Dtype = jnp.float32
   fast: bool = True
 
   @property
   def cond_keys(self) -> tuple:
     """The keys of `cond` this network reads."""
-    return ("label",) if self.num_classes else ()
+    return (("label",) * bool(self.num_classes)
+            + ("context", "context_mask") * bool(self.context_dim)
+            + ("low_res", "noise_level") * bool(self.low_res_size))
+
+  def init_cond(self, sample_shape) -> dict | None:
+    """A batch-1 cond with every key the network reads (zeros), for `init`."""
+    cond = {}
+    if self.num_classes:
+      cond["label"] = jnp.full((1,), self.num_classes, jnp.int32)
+    if self.context_dim:
+      cond["context"] = jnp.zeros((1, 1, self.context_dim), jnp.float32)
+      cond["context_mask"] = jnp.zeros((1, 1), bool)
+    if self.low_res_size:
+      cond["low_res"] = jnp.zeros((1, *low_res_lib.low_res_shape(sample_shape,
+                                                                  self.low_res_size)))
+      cond["noise_level"] = jnp.zeros((1,), jnp.float32)
+    return cond or None
 
   @nn.compact
   def __call__(self, x, t, cond=None, *, train: bool = False):
@@ -80,6 +119,12 @@ class UNet(nn.Module):
         ch, self.num_groups, self.dropout, self.scale_shift, dt, fast, name=name)
     attn_block = lambda name: layers.AttentionBlock(self.num_heads, self.num_groups, dt, fast,
                                                     name=name)
+    # --- cond["context"]: cross-attention (see the module docstring) ---
+    context, context_mask = self._context(cond, batch)
+    cross = lambda h, name: attention.SpatialTransformer(
+        self.num_heads, self.num_groups, self.transformer_depth, dt, fast, name=name)(
+            h, context, context_mask)
+    cross_at = lambda h: self.context_dim and h.shape[1] in self.cross_attention_resolutions
 
     t = jnp.broadcast_to(jnp.asarray(t), (batch,))
     emb_dim = 4 * self.base_channels
@@ -93,8 +138,15 @@ class UNet(nn.Module):
       label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (batch,))
       emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=dt,
                            embedding_init=nn.initializers.normal(1.0), name="label_embed")(label)
+    h = x.astype(dt)
+    # --- cond["low_res"], cond["noise_level"]: super-resolution ---
+    if self.low_res_size:
+      low, level = self._low_res(cond, x.shape)
+      emb = emb + low_res_lib.NoiseLevelEmbedding(emb_dim, dt, fast, name="noise_level_embed")(
+          level)
+      h = jnp.concatenate([h, low_res_lib.upsample(low, x.shape[1:-1]).astype(dt)], axis=-1)
 
-    h = layers.conv3x3(self.base_channels, dt, fast=fast, name="conv_in")(x.astype(dt))
+    h = layers.conv3x3(self.base_channels, dt, fast=fast, name="conv_in")(h)
     skips = [h]
     num_levels = len(self.channel_mult)
     for level, mult in enumerate(self.channel_mult):
@@ -102,6 +154,8 @@ class UNet(nn.Module):
         h = res_block(self.base_channels * mult, f"down_{level}_res_{i}")(h, emb, train=train)
         if h.shape[1] in self.attention_resolutions:
           h = attn_block(f"down_{level}_attn_{i}")(h)
+        if cross_at(h):
+          h = cross(h, f"down_{level}_xattn_{i}")
         skips.append(h)
       if level != num_levels - 1:
         h = layers.Downsample(dt, fast, name=f"down_{level}_downsample")(h)
@@ -109,6 +163,8 @@ class UNet(nn.Module):
 
     h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
     h = attn_block("mid_attn")(h)
+    if self.context_dim:
+      h = cross(h, "mid_xattn")
     h = res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
@@ -117,6 +173,8 @@ class UNet(nn.Module):
         h = res_block(self.base_channels * mult, f"up_{level}_res_{i}")(h, emb, train=train)
         if h.shape[1] in self.attention_resolutions:
           h = attn_block(f"up_{level}_attn_{i}")(h)
+        if cross_at(h):
+          h = cross(h, f"up_{level}_xattn_{i}")
       if level != 0:
         h = layers.Upsample(dt, fast, name=f"up_{level}_upsample")(h)
     assert not skips, len(skips)
@@ -124,6 +182,34 @@ class UNet(nn.Module):
     h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm_out")(h))
     h = layers.conv3x3(x.shape[-1], dt, fast=fast, name="conv_out", zero=True)(h)
     return h.astype(jnp.float32)
+
+  def _context(self, cond, batch):
+    """`(context [B, L, D], mask bool[B, L])` of cond; absent: the null (no real token)."""
+    if not self.context_dim:
+      return None, None
+    context = cond.get("context")
+    if context is None:
+      return (jnp.zeros((batch, 1, self.context_dim), self.dtype), jnp.zeros((batch, 1), bool))
+    if context.ndim != 3 or context.shape[-1] != self.context_dim:
+      raise ValueError(f"cond['context'] must be [B, L, {self.context_dim}] (the model's "
+                       f"context_dim), got shape {tuple(context.shape)}")
+    mask = cond.get("context_mask")
+    mask = (jnp.ones(context.shape[:2], bool) if mask is None
+            else jnp.broadcast_to(jnp.asarray(mask, bool), context.shape[:2]))
+    return jnp.broadcast_to(context, (batch, *context.shape[1:])), mask
+
+  def _low_res(self, cond, x_shape):
+    """`(low_res [B, h, w, C], noise_level f32[B])` of cond, checked against the model."""
+    want = low_res_lib.low_res_shape(x_shape[1:], self.low_res_size)
+    low = cond.get("low_res")
+    if low is None or tuple(low.shape[1:]) != want:
+      got = "none" if low is None else f"shape {tuple(low.shape)}"
+      raise ValueError(f"a super-resolution model needs cond['low_res'] of shape [B, "
+                       f"{', '.join(map(str, want))}] (low_res_size={self.low_res_size} for "
+                       f"samples {'x'.join(map(str, x_shape[1:]))}), got {got}")
+    level = cond.get("noise_level")
+    level = jnp.zeros((x_shape[0],), jnp.float32) if level is None else level
+    return low, jnp.broadcast_to(jnp.asarray(level, jnp.float32), (x_shape[0],))
 
 
 def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attention_resolutions,
@@ -176,20 +262,69 @@ def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attentio
     raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
 
 
+def _int(name, value, low):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, context_dim,
+                     cross_attention_resolutions, transformer_depth, low_res_size, **_) -> None:
+  """Checks the text (cross-attention) and super-resolution keywords against the network.
+
+  Raises:
+    ValueError: naming the keyword: a cross-attention resolution the network never reaches or
+      given without context_dim, num_heads not dividing a cross-attention level's channels, or
+      a low_res_size that does not divide the image size into an integer factor > 1.
+  """
+  height, width, _ = sample_shape
+  mult = tuple(channel_mult)
+  _int("context_dim", context_dim, 0)
+  _int("transformer_depth", transformer_depth, 1)
+  _int("low_res_size", low_res_size, 0)
+  resolutions = [height // 2**i for i in range(len(mult))]
+  if cross_attention_resolutions and not context_dim:
+    raise ValueError(f"cross_attention_resolutions={tuple(cross_attention_resolutions)} needs "
+                     f"context_dim > 0 (the width of the text encoder's token embeddings)")
+  unreached = [r for r in cross_attention_resolutions if r not in resolutions]
+  if unreached:
+    raise ValueError(f"cross_attention_resolutions={tuple(cross_attention_resolutions)} holds "
+                     f"{unreached}, not reached by the network; its resolutions are "
+                     f"{resolutions}")
+  if context_dim:
+    channels = {base_channels * mult[-1]} | {
+        base_channels * k for k, r in zip(mult, resolutions) if r in cross_attention_resolutions}
+    bad = sorted(c for c in channels if c % num_heads)
+    if bad:
+      raise ValueError(f"num_heads={num_heads} must divide the channels of every "
+                       f"cross-attention level; it does not divide {bad}")
+  if low_res_size:
+    factor = height // low_res_size
+    if height % low_res_size or factor < 2 or width % factor:
+      raise ValueError(f"low_res_size={low_res_size} must divide the image size {height}x"
+                       f"{width} by an integer factor >= 2 (e.g. {height // 2} for 2x "
+                       f"super-resolution)")
+
+
 def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), num_res_blocks=2,
           attention_resolutions=(), num_heads=1, dropout=0.0, num_groups=32, num_classes=0,
-          scale_shift=True):
+          scale_shift=True, context_dim=0, cross_attention_resolutions=(), transformer_depth=1,
+          low_res_size=0):
   """The `UNet` for `sample_shape` and its null condition (`diffax.models.create`).
 
   Returns:
-    `(module, null_cond)`: the unbound module; `{"label": num_classes}` for a class-conditional
-    network, else `{}`.
+    `(module, null_cond)`: the unbound module and the value of each droppable key when dropped:
+    `{"label": num_classes}` for a class-conditional network; for a text-conditional one
+    `{"context": zeros[1, context_dim], "context_mask": [False]}`, a sequence with no real
+    token (`diffax.conditioning.nullify` repeats it to any length); `{}` for neither.
   """
   arch = dict(base_channels=base_channels, channel_mult=tuple(channel_mult),
               num_res_blocks=num_res_blocks, attention_resolutions=tuple(attention_resolutions),
               num_heads=num_heads, dropout=dropout, num_groups=num_groups,
               num_classes=num_classes)
   check(sample_shape, **arch)
+  check_conditions(sample_shape, **arch, context_dim=context_dim,
+                   cross_attention_resolutions=tuple(cross_attention_resolutions),
+                   transformer_depth=transformer_depth, low_res_size=low_res_size)
   module = UNet(
       base_channels=int(base_channels),
       channel_mult=tuple(int(k) for k in channel_mult),
@@ -200,8 +335,15 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
       num_groups=int(num_groups),
       num_classes=int(num_classes),
       scale_shift=bool(scale_shift),
+      context_dim=int(context_dim),
+      cross_attention_resolutions=tuple(int(r) for r in cross_attention_resolutions),
+      transformer_depth=int(transformer_depth),
+      low_res_size=int(low_res_size),
       dtype=dtype,
       fast=bool(fast),
   )
   null_cond = {"label": np.int32(num_classes)} if num_classes else {}
+  if context_dim:
+    null_cond.update(context=np.zeros((1, int(context_dim)), np.float32),
+                     context_mask=np.zeros((1,), bool))
   return module, null_cond
