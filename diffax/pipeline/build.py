@@ -12,6 +12,7 @@ from diffax import losses
 from diffax import models
 from diffax import sampling
 from diffax import schedules
+from diffax.pipeline import shapes
 
 # config.model keys that are not architecture keywords of models.create.
 _MODEL_KEYS = ("name", "dtype", "fast_layers")
@@ -40,9 +41,8 @@ def schedule(config) -> schedules.Schedule:
 
 
 def sample_shape(config) -> tuple:
-  """The shape of one training example, from `config.data`."""
-  size, channels = config.data.image_size, config.data.channels
-  return (size, size, channels)
+  """The shape of one training example, from `config.data`: (H, W, C) (`shapes`)."""
+  return shapes.sample_shape(config.data)
 
 
 def model(config, *, dtype: Optional[str] = None) -> models.Model:
@@ -61,7 +61,8 @@ def model(config, *, dtype: Optional[str] = None) -> models.Model:
 
 
 def loss_fn(config, net: models.Model, noise_schedule: schedules.Schedule):
-  """The denoising loss of `config.diffusion` and the condition dropout of `config.train`."""
+  """The denoising loss of `config.diffusion`, with the condition dropout and low-res
+  augmentation of `config.train`."""
   if config.diffusion.loss_weighting not in losses.WEIGHTINGS:  # the keyword is `weighting`
     raise ValueError(f"config.diffusion.loss_weighting={config.diffusion.loss_weighting!r} is "
                      f"unknown; choose one of {list(losses.WEIGHTINGS)}")
@@ -72,7 +73,8 @@ def loss_fn(config, net: models.Model, noise_schedule: schedules.Schedule):
         weighting=config.diffusion.loss_weighting,
         min_snr_gamma=config.diffusion.min_snr_gamma,
         null_cond=net.null_cond,
-        cond_dropout=config.train.cond_dropout)
+        cond_dropout=config.train.cond_dropout,
+        low_res_noise=config.train.get("low_res_noise", 0.0))
 
 
 def guided(config) -> bool:

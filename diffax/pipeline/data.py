@@ -5,8 +5,10 @@ host-local numpy arrays:
 
   {"image": f32 [B_local, H, W, C] in [-1, 1], "label": i32 [B_local]}
 
-with `B_local = config.train.batch_size // process_count` and `H = W = config.data.image_size`,
-`C = config.data.channels`. No JAX here: `diffax.pipeline.parallel` places the batches on devices.
+(plus `"caption": bytes [B_local]` when the dataset has a "caption" text feature), with
+`B_local = config.train.batch_size // process_count`, `H = config.data.image_size`,
+`W = config.data.image_width` (None: H, square images) and `C = config.data.channels`. No JAX
+here: `diffax.pipeline.parallel` places the batches on devices.
 
 Exact resume. The batch of step k is a function of (config.seed, k, process_index) alone, so a
 run restarted at step k sees exactly the batches an uninterrupted run would have seen. This
@@ -30,7 +32,7 @@ config.data.get("in_memory") = True/False forces one way; the default picks by s
 gives its own (deterministic) order: a run must resume with the same choice it started with,
 which the default guarantees for the same dataset, image size and process count.
 
-Preprocessing: decode; center-crop non-square images to a square; resize to image_size with
+Preprocessing: decode; center-crop images to the aspect ratio H:W; resize to H x W with
 "area" when shrinking and "bilinear" when enlarging (no resize when the size matches, so
 digits' pixel values are exact); convert channels (RGB -> grayscale with ITU-R 601 weights,
 grayscale -> RGB by repeating, RGBA -> RGB by dropping alpha; other combinations raise);
@@ -45,7 +47,8 @@ it never takes accelerator memory from JAX) and bounds its thread pools to
 `config.data.get("num_threads")` (default: half the CPU cores, at most 8) so it leaves the cores
 to JAX; the tf.data pipeline runs in a private thread pool of that size.
 
-Missing data: "digits" is prepared automatically (no network, a few seconds). Any other dataset
+Missing data: "digits" and the captioned digits (`datasets.captioned`) are prepared
+automatically (no network, seconds; mnist_text from a prepared `mnist`). Any other dataset
 that is not prepared in the data_dir is downloaded only when config.data.get("download", True)
 is true (TFDS retries an unreachable network for minutes before it fails: the log says so
 first); with download False it fails at once with a message that says how to prepare it.
@@ -79,13 +82,16 @@ def _import_tensorflow_quietly():
 
 tf, tfds = _import_tensorflow_quietly()
 
+from diffax.pipeline import shapes  # pylint: disable=g-import-not-at-top
 from diffax.pipeline import datasets as _datasets  # pylint: disable=unused-import  # registers "digits"
 
 # Shards whose preprocessed float32 images take at most this many bytes are held in memory.
 IN_MEMORY_MAX_BYTES = 256 * 2**20
 # Batches tf.data prepares ahead of the training step (streaming only).
 PREFETCH_BATCHES = 2
-EMBEDDED_DATASETS = ("digits",)  # Prepared without network, automatically.
+# Prepared without network, automatically (the MNIST ones from a prepared `mnist`).
+EMBEDDED_DATASETS = ("digits", "digits_text", "digits_pairs_text", "mnist_text",
+                     "mnist_pairs_text")
 
 Batch = dict[str, np.ndarray]
 
@@ -140,6 +146,11 @@ def create_iterator(config, *, start_step: int = 0, process_index: Optional[int]
   _configure_tensorflow(config)
   builder = _prepared_builder(config)
   preprocess = _make_preprocess(builder.info.features, config.data)
+  if config.model.get("context_dim", 0) and not isinstance(
+      _feature(builder.info.features, "caption"), tfds.features.Text):
+    raise ValueError(f"config.model.context_dim > 0 trains on captions, but "
+                     f"config.data.dataset={config.data.dataset!r} has no 'caption' text "
+                     f"feature (use e.g. digits_text)")
   split = config.data.split
   if process_count > 1:
     split = tfds.even_splits(split, n=process_count)[process_index]
@@ -149,17 +160,17 @@ def create_iterator(config, *, start_step: int = 0, process_index: Optional[int]
     raise ValueError(f"Process {process_index} of {process_count} has no examples of split "
                      f"{config.data.split!r} of {config.data.dataset!r}.")
   seed_key = _seed_key(config.seed, process_index)
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  (height, width), channels = shapes.image_size(config.data), int(config.data.channels)
   in_memory = config.data.get("in_memory", None)
   if in_memory is None:
-    in_memory = num_examples * size * size * channels * 4 <= IN_MEMORY_MAX_BYTES
+    in_memory = num_examples * height * width * channels * 4 <= IN_MEMORY_MAX_BYTES
   logging.info("diffax.pipeline.data: %s split %r, process %d of %d: %d examples, %s, batch %d from "
                "step %d.", config.data.dataset, config.data.split, process_index, process_count,
                num_examples, "in memory" if in_memory else "streaming", local_batch,
                start_step)
   if in_memory:
     arrays = _load_all(examples, preprocess, config.data)
-    return _in_memory_batches(arrays["image"], arrays["label"], seed_key=seed_key, batch_size=local_batch,
+    return _in_memory_batches(arrays, seed_key=seed_key, batch_size=local_batch,
                               start_step=int(start_step), random_flip=config.data.random_flip)
   return _streaming_batches(examples, preprocess, config.data, num_examples=num_examples,
                             seed_key=seed_key, batch_size=local_batch,
@@ -175,10 +186,10 @@ def dataset_info(config) -> DatasetInfo:
   builder = _prepared_builder(config)
   _make_preprocess(builder.info.features, config.data)  # Validates image size and channels.
   label = _feature(builder.info.features, "label") if _has_label(builder.info.features) else None
-  size = int(config.data.image_size)
+  height, width = shapes.image_size(config.data)
   return DatasetInfo(
       num_examples=_cardinality(_read(builder, config.data.split), config.data),
-      image_shape=(size, size, int(config.data.channels)),
+      image_shape=(height, width, int(config.data.channels)),
       num_classes=int(getattr(label, "num_classes", 0) or 0))
 
 
@@ -195,7 +206,8 @@ def load_eval_images(config, num_images: int, *, split: Optional[str] = None) ->
     split: a TFDS split; None means config.data.split (e.g. "test" for held-out digits).
 
   Returns:
-    {"image": f32 [num_images, H, W, C] in [-1, 1], "label": i32 [num_images]}.
+    {"image": f32 [num_images, H, W, C] in [-1, 1], "label": i32 [num_images]} (and
+    "caption": bytes [num_images] for a captioned dataset).
   """
   _configure_tensorflow(config)
   builder = _prepared_builder(config)
@@ -207,6 +219,26 @@ def load_eval_images(config, num_images: int, *, split: Optional[str] = None) ->
     raise ValueError(f"num_images must be in [1, {available}] (the size of split {split!r} of "
                      f"{config.data.dataset!r}); got {num_images}.")
   return _load_all(examples.take(num_images), preprocess, config.data)
+
+
+def captions(config, *, split: Optional[str] = None) -> list[str]:
+  """The distinct captions of a captioned dataset's split (default config.data.split), sorted:
+  what a text model's frozen encoder encodes once before training.
+
+  Raises:
+    ValueError: the dataset has no "caption" text feature.
+  """
+  _configure_tensorflow(config)
+  builder = _prepared_builder(config)
+  if not isinstance(_feature(builder.info.features, "caption"), tfds.features.Text):
+    raise ValueError(f"config.data.dataset={config.data.dataset!r} has no 'caption' text "
+                     f"feature")
+  examples = _read(builder, config.data.split if split is None else split)
+  texts = examples.map(lambda example: example["caption"]).batch(4096)
+  found = set()
+  for batch in texts.with_options(_data_options(config.data)).as_numpy_iterator():
+    found.update(t.decode("utf-8") for t in batch)
+  return sorted(found)
 
 
 def _configure_tensorflow(config) -> None:
@@ -321,6 +353,7 @@ def _make_preprocess(features, data_config):
 
   Raises:
     ValueError: when the dataset has no uint8 "image" feature, or on a bad image_size/channels.
+  A "caption" text feature, when the dataset has one, is passed through as a string.
   """
   name = data_config.dataset
   image_feature = _feature(features, "image")
@@ -331,9 +364,7 @@ def _make_preprocess(features, data_config):
   if image_feature.np_dtype != np.uint8:
     raise ValueError(f"Dataset {name!r} has {image_feature.np_dtype} images; diffax reads "
                      "uint8 images (0..255).")
-  size, channels = int(data_config.image_size), int(data_config.channels)
-  if size < 1:
-    raise ValueError(f"config.data.image_size must be positive; got {size}.")
+  size, channels = shapes.image_size(data_config), int(data_config.channels)
   if channels not in (1, 3):
     raise ValueError(f"config.data.channels must be 1 or 3; got {channels}.")
   source_channels = image_feature.shape[-1]
@@ -341,17 +372,21 @@ def _make_preprocess(features, data_config):
     raise ValueError(f"Dataset {name!r} has {source_channels}-channel images; cannot convert "
                      f"them to config.data.channels={channels}.")
   has_label = _has_label(features)
+  has_caption = isinstance(_feature(features, "caption"), tfds.features.Text)
 
   def preprocess(example, flip_seed=None):
     image = image_feature.decode_example(example["image"])
     image = _to_channels(tf.cast(image, tf.float32), source_channels, channels)
-    image = _resize(_center_crop(image), size)
+    image = _resize(_center_crop(image, size), size)
     image = tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
     if flip_seed is not None:
       image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    image = tf.ensure_shape(image, (size, size, channels))
+    image = tf.ensure_shape(image, (*size, channels))
     label = tf.cast(example["label"], tf.int32) if has_label else tf.zeros((), tf.int32)
-    return {"image": image, "label": label}
+    out = {"image": image, "label": label}
+    if has_caption:
+      out["caption"] = example["caption"]
+    return out
 
   return preprocess
 
@@ -366,26 +401,27 @@ def _to_channels(image, source_channels, channels):  # [h, w, c] -> [h, w, chann
   return tf.repeat(image, 3, axis=-1)
 
 
-def _center_crop(image):  # [h, w, c] -> [s, s, c], s = min(h, w)
+def _center_crop(image, size):  # [h, w, c] -> the largest centred crop of aspect H:W
   height, width = image.shape[0], image.shape[1]
-  if height is not None and height == width:
+  if height is not None and width is not None and height * size[1] == width * size[0]:
     return image
   shape = tf.shape(image)
-  side = tf.minimum(shape[0], shape[1])
-  return tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2,
-                                       side, side)
+  crop_h = tf.minimum(shape[0], shape[1] * size[0] // size[1])
+  crop_w = tf.minimum(shape[1], shape[0] * size[1] // size[0])
+  return tf.image.crop_to_bounding_box(image, (shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2,
+                                       crop_h, crop_w)
 
 
-def _resize(image, size):  # [s, s, c] -> [size, size, c]; area to shrink, bilinear to enlarge
+def _resize(image, size):  # [h, w, c] -> [H, W, c]; area to shrink, bilinear to enlarge
   side = image.shape[0]
   if side is not None:
-    if side == size:
+    if side == size[0] and image.shape[1] == size[1]:
       return image
-    return tf.image.resize(image, (size, size), method="area" if side > size else "bilinear")
+    return tf.image.resize(image, size, method="area" if side > size[0] else "bilinear")
   return tf.cond(
-      tf.shape(image)[0] > size,
-      lambda: tf.image.resize(image, (size, size), method="area"),
-      lambda: tf.image.resize(image, (size, size), method="bilinear"))
+      tf.shape(image)[0] > size[0],
+      lambda: tf.image.resize(image, size, method="area"),
+      lambda: tf.image.resize(image, size, method="bilinear"))
 
 
 def _load_all(examples, preprocess, data_config) -> Batch:
@@ -393,7 +429,7 @@ def _load_all(examples, preprocess, data_config) -> Batch:
   batches = (examples.map(preprocess, num_parallel_calls=_num_threads(data_config))
              .batch(1024).with_options(_data_options(data_config)).as_numpy_iterator())
   parts = list(batches)
-  return {key: np.concatenate([part[key] for part in parts]) for key in ("image", "label")}
+  return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _seed_key(seed, process_index) -> np.ndarray:
@@ -402,13 +438,15 @@ def _seed_key(seed, process_index) -> np.ndarray:
   return words.astype(np.int64)  # [2]
 
 
-def _in_memory_batches(images, labels, *, seed_key, batch_size, start_step,
+def _in_memory_batches(arrays, *, seed_key, batch_size, start_step,
                        random_flip) -> Iterator[Batch]:
-  """Yields batches gathered from in-memory arrays: images [N, H, W, C], labels [N].
+  """Yields batches gathered from in-memory arrays: images [N, H, W, C], labels [N] (and
+  captions [N]).
 
   Epoch e visits the examples in the permutation drawn from numpy's generator seeded with
   (seed_key, e) and flips position i of the epoch when the same generator's i-th coin says so.
   """
+  images = arrays["image"]
   num_examples = len(images)
   orders = {}  # epoch -> (permutation [N], flips [N]); holds the few epochs in use
 
@@ -431,9 +469,10 @@ def _in_memory_batches(images, labels, *, seed_key, batch_size, start_step,
       permutation, flips = order(int(epoch))
       index[mask] = permutation[offsets[mask]]
       flip[mask] = flips[offsets[mask]] & random_flip
-    image = images[index]  # [B, H, W, C]
+    batch = {key: value[index] for key, value in arrays.items()}
+    image = batch["image"]  # [B, H, W, C]
     image[flip] = image[flip, :, ::-1]
-    yield {"image": image, "label": labels[index]}
+    yield batch
     step += 1
 
 
