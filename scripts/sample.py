@@ -7,6 +7,23 @@ A class-conditional run (configs/digits_cond.py) takes a label and a guidance sc
 
   python scripts/sample.py --workdir=workdirs/digits_cond --class_label=3 --guidance_scale=3
 
+A text-conditional run (configs/digits_text.py) takes prompts, repeated or one per line of a
+file; image i gets prompt i % (number of prompts) and the grid has one labelled row per prompt:
+
+  python scripts/sample.py --workdir=workdirs/digits_text --prompt="a handwritten seven" \
+      --prompt="the digit 3" --guidance_scale=3 --num_samples=16
+  python scripts/sample.py --workdir=workdirs/digits_text --prompts_file=prompts.txt
+
+A super-resolution run (configs/digits_sr.py) upsamples --low_res (noised to --noise_level);
+a cascade runs stages in order, from a list of workdirs or a small config
+(configs/cascade_digits.py), writing the last stage's grid, all stages side by side
+(<out>_stages.png) and every stage's samples (.npz keys samples, stage_0, stage_1, ...):
+
+  python scripts/sample.py --workdir=workdirs/digits_sr --low_res=small.png
+  python scripts/sample.py --workdir=workdirs/digits_text_base4,workdirs/digits_sr \
+      --prompt="a handwritten 3" --threshold=0.995
+  python scripts/sample.py --cascade=configs/cascade_digits.py
+
 Editing: inpainting keeps the known pixels of --init_image where --mask is nonzero (RePaint's
 resampling with --resample=r); SDEdit starts from --init_image noised to --strength:
 
@@ -27,18 +44,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from ml_collections import config_flags
 
 from configs import common
 from diffax import sampling
+from diffax.models import low_res as low_res_lib
 from diffax.pipeline import build
+from diffax.pipeline import cascade
 from diffax.pipeline import cli
 from diffax.pipeline import compilation_cache
 from diffax.pipeline import images
 from diffax.pipeline import parallel
 from diffax.pipeline import sample
 from diffax.pipeline.workdir import Workdir
+import jax  # pylint: disable=g-bad-import-order
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by scripts/train.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A directory written by scripts/train.py; "
+                                "several, comma-separated, run a cascade (base first).")
+_CASCADE = config_flags.DEFINE_config_file("cascade", None, "A cascade config "
+                                           "(configs/cascade_*.py): its stages' workdirs and "
+                                           "sampling settings, prompts and image count.")
 _OUT = flags.DEFINE_string("out", None, "PNG path (default: <workdir>/samples.png); the "
                            ".npz goes beside it.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Images to draw (default: config).")
@@ -66,8 +91,80 @@ _STRENGTH = flags.DEFINE_float("strength", None, "SDEdit with --init_image: nois
                                "t0 = strength * T in (0, 1] and sample from there.")
 _RESAMPLE = flags.DEFINE_integer("resample", None, "Inpainting: RePaint's resample count r >= 1 "
                                  "(each step taken r times).")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "A prompt (text-conditional runs); repeat "
+                                    "for several: image i gets prompt i % (number of prompts).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file of prompts, one per "
+                                   "line (blank lines skipped), after any --prompt.")
+_LOW_RES = flags.DEFINE_string("low_res", None, "Super-resolution runs: the low-res image(s) "
+                               "to upsample, PNG or .npz (like --init_image).")
+_NOISE_LEVEL = flags.DEFINE_float("noise_level", None, "Super-resolution: the augmentation "
+                                  "noise level of the low-res input, in [0, 1].")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed: image i depends on it and i alone.")
-flags.mark_flag_as_required("workdir")
+flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["cascade"].present,
+                         "--workdir (or --cascade) is required")
+
+
+def read_prompts():
+  """The prompts of --prompt and --prompts_file, in order, or None when neither is given."""
+  prompts = list(_PROMPT.value or [])
+  if _PROMPTS_FILE.value:
+    if not os.path.exists(_PROMPTS_FILE.value):
+      raise FileNotFoundError(f"--prompts_file={_PROMPTS_FILE.value}: no such file")
+    with open(_PROMPTS_FILE.value, encoding="utf-8") as f:
+      from_file = [line.strip() for line in f if line.strip()]
+    if not from_file:
+      raise ValueError(f"--prompts_file={_PROMPTS_FILE.value} holds no prompt (one per line)")
+    prompts += from_file
+  return prompts or None
+
+
+def sample_overrides() -> dict:
+  """The config.sample fields the flags set (None: not given)."""
+  return {"sampler": _SAMPLER.value, "num_steps": _NUM_STEPS.value, "eta": _ETA.value,
+          "spacing": _SPACING.value, "clip_x0": _CLIP.value, "threshold": _THRESHOLD.value,
+          "guidance_scale": _GUIDANCE.value, "class_label": _CLASS_LABEL.value,
+          "noise_level": _NOISE_LEVEL.value, "num_images": _NUM_SAMPLES.value,
+          "batch_size": _BATCH_SIZE.value}
+
+
+def run_cascade(prompts):
+  """--cascade=CONFIG or --workdir=A,B,...: every stage in order, each with its settings."""
+  if _INIT_IMAGE.value or _MASK.value or _LOW_RES.value:
+    raise ValueError("a cascade draws its own inputs: --init_image, --mask and --low_res are "
+                     "for one workdir")
+  c = _CASCADE.value
+  if c is not None:
+    workdirs = [Workdir(c[stage].workdir) for stage in c.stages]
+    per_stage = [c[stage].sample.to_dict() for stage in c.stages]
+    prompts = prompts or list(c.prompts)
+    num_images = _NUM_SAMPLES.value or c.num_images
+  else:
+    workdirs = [Workdir(w) for w in _WORKDIR.value.split(",")]
+    per_stage = [{} for _ in workdirs]
+    num_images = _NUM_SAMPLES.value
+  flags_set = {k: v for k, v in sample_overrides().items()
+               if v is not None and k not in ("num_images", "batch_size")}
+  for workdir, overrides in zip(workdirs, per_stage):
+    config = workdir.load_config(defaults=common.base_config())
+    for key, value in flags_set.items():  # a flag applies to the stages it means something to
+      if key == "guidance_scale" and not (config.model.num_classes or config.model.context_dim):
+        continue
+      if key == "noise_level" and not config.model.low_res_size:
+        continue
+      overrides[key] = value
+  stages = cascade.load(workdirs, per_stage, defaults=common.base_config())
+  num_images = num_images or stages[0].config.sample.num_images
+  compilation_cache.enable()
+  parallel.initialize_distributed()
+  outputs = cascade.sample(stages, prompts=prompts, num_images=num_images,
+                           batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+                           class_label=_CLASS_LABEL.value, progress=True)
+  if jax.process_index() == 0:
+    text = prompts and "context" in stages[0].net.cond_keys
+    labels = [prompts[i % len(prompts)] for i in range(num_images)] if text else None
+    out = _OUT.value or workdirs[-1].default_cascade_samples()
+    png, stages_png, npz = cascade.save(out, outputs, labels=labels)
+    print(f"{len(stages)} stages: wrote {png}, {stages_png} and {npz}")
 
 
 def main(argv):
@@ -76,25 +173,36 @@ def main(argv):
   sample.check_edits(init_image=bool(_INIT_IMAGE.value), mask=bool(_MASK.value),
                      strength=_STRENGTH.value is not None,
                      resample=_RESAMPLE.value is not None, prefix="--")
+  prompts = read_prompts()
+  if _CASCADE.value is not None or "," in _WORKDIR.value:
+    run_cascade(prompts)
+    return
   workdir = Workdir(_WORKDIR.value)
   config = workdir.load_config(defaults=common.base_config())
-  overrides = {"sampler": _SAMPLER.value, "num_steps": _NUM_STEPS.value, "eta": _ETA.value,
-               "spacing": _SPACING.value, "clip_x0": _CLIP.value, "threshold": _THRESHOLD.value,
-               "guidance_scale": _GUIDANCE.value, "class_label": _CLASS_LABEL.value,
-               "num_images": _NUM_SAMPLES.value, "batch_size": _BATCH_SIZE.value}
   with config.unlocked():
-    config.sample.update({k: v for k, v in overrides.items() if v is not None})
+    config.sample.update({k: v for k, v in sample_overrides().items() if v is not None})
     if _NUM_SAMPLES.value is not None and _BATCH_SIZE.value is None:
       config.sample.batch_size = min(config.sample.batch_size, _NUM_SAMPLES.value)
+  if prompts and not config.model.context_dim:
+    raise ValueError(f"--prompt needs a text-conditional model; the run in {workdir} was "
+                     f"trained without text (config.model.context_dim is 0)"
+                     + (": use --class_label" if config.model.num_classes else ""))
   shape = build.sample_shape(config)
-  init_image = mask = None
+  init_image = mask = low_res = None
   if _INIT_IMAGE.value:
     init_image = images.load_image(_INIT_IMAGE.value, shape, name="--init_image")
   if _MASK.value:
     mask = images.load_image(_MASK.value, shape, name="--mask", mask=True)
+  if _LOW_RES.value:
+    if not config.model.low_res_size:
+      raise ValueError(f"--low_res needs a super-resolution model; the run in {workdir} has "
+                       f"config.model.low_res_size 0")
+    low_res = images.load_image(_LOW_RES.value, low_res_lib.low_res_shape(
+        shape, config.model.low_res_size), name="--low_res")
   compilation_cache.enable()
   parallel.initialize_distributed()
   png, npz, step = sample.sample_workdir(workdir, config, out=_OUT.value, seed=_SEED.value,
+                                         prompts=prompts, low_res=low_res,
                                          init_image=init_image, mask=mask,
                                          strength=_STRENGTH.value, resample=_RESAMPLE.value)
   if png:

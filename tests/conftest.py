@@ -97,6 +97,34 @@ def run_script(name, *args, timeout=600):
                         env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def load_script(name):
+  """scripts/<name>.py as a module, loaded once per session: its absl flags can be defined
+  only once, however many test files call its main."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  key = f"diffax_script_{name}"
+  if key not in sys.modules:
+    spec = importlib.util.spec_from_file_location(key, os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[key] = module
+  return sys.modules[key]
+
+
+def run_sample_main(*args):
+  """scripts/sample.py's main on `args` in this process (sys.argv too, where its config flag
+  --cascade reads overrides); errors are raised, not printed."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  script = load_script("sample")
+  saved, sys.argv = sys.argv, ["sample.py", *args]
+  try:
+    script.main(flags.FLAGS(sys.argv))
+  finally:
+    flags.FLAGS.unparse_flags()
+    sys.argv = saved
+
+
 # configs/digits_cond.py at test size: the class-conditional digits model that the guidance,
 # sample.py and evaluation tests judge. Trained once per session through scripts/train.py.
 DIGITS_COND_OVERRIDES = (
@@ -117,6 +145,60 @@ def digits_cond_run(tmp_path_factory):
                       f"--workdir={workdir}", *DIGITS_COND_OVERRIDES)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
+
+
+# The text-to-image and cascade systems at test size (tests/test_text_digits.py,
+# test_cascade.py, test_sample_script.py): each trained once per session through
+# scripts/train.py. Tiny U-Nets, no self-attention; the text models keep their cross-attention
+# (the middle block's and the one named).
+_TINY = ("--config.model.base_channels=16", "--config.model.num_res_blocks=1",
+         "--config.model.attention_resolutions=()", "--config.model.num_groups=8",
+         "--config.model.dropout=0.0", "--config.train.log_every=50",
+         "--config.train.sample_every=0", "--config.optim.warmup_steps=50",
+         "--config.optim.ema_decay=0.98", "--config.sample.num_images=10",
+         "--config.sample.batch_size=10", "--config.sample.num_steps=20")
+TEXT_OVERRIDES = _TINY + ("--config.model.num_heads=2",
+                          "--config.model.cross_attention_resolutions=(4,)",
+                          "--config.train.num_steps=300", "--config.train.checkpoint_every=300")
+PAIRS_OVERRIDES = _TINY + ("--config.model.num_heads=2",
+                           "--config.model.cross_attention_resolutions=(4,)",
+                           "--config.train.num_steps=400", "--config.train.checkpoint_every=400")
+SR_OVERRIDES = _TINY + ("--config.train.num_steps=600", "--config.train.checkpoint_every=600")
+
+
+def _train(tmp_path_factory, name, config, overrides):
+  workdir = tmp_path_factory.mktemp(name)
+  result = run_script("train", f"--config={REPO}/configs/{config}", f"--workdir={workdir}",
+                      *overrides)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_text_run(tmp_path_factory):
+  """The workdir of configs/digits_text.py (8x8, captions) trained for 300 steps."""
+  return _train(tmp_path_factory, "digits_text", "digits_text.py", TEXT_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def digits_pairs_run(tmp_path_factory):
+  """The workdir of configs/digits_pairs_text.py (8x16, two digits captioned by position)."""
+  return _train(tmp_path_factory, "digits_pairs", "digits_pairs_text.py", PAIRS_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def digits_text4_run(tmp_path_factory):
+  """The 4x4 text-conditional base of the digits cascade (configs/digits_text.py:base4)."""
+  return _train(tmp_path_factory, "digits_text4", "digits_text.py:base4",
+                _TINY + ("--config.model.num_heads=2",
+                         "--config.model.cross_attention_resolutions=(2,)",
+                         "--config.train.num_steps=300", "--config.train.checkpoint_every=300"))
+
+
+@pytest.fixture(scope="session")
+def digits_sr_run(tmp_path_factory):
+  """The 4x4 -> 8x8 super-resolution stage (configs/digits_sr.py) trained for 600 steps."""
+  return _train(tmp_path_factory, "digits_sr", "digits_sr.py", SR_OVERRIDES)
 
 
 def embedded_digits():

@@ -108,3 +108,54 @@ def test_sample_errors_are_one_line(tmp_path, config_only_run, make_args, expect
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
   result = run_script("sample", *make_args(tmp_path, config_only_run))
   assert_one_line_error(result, *expected)
+
+
+@pytest.fixture
+def config_only_runs(tmp_path):
+  """Config-only workdirs of a class model, text models whose encoder directory lacks its
+  weights or its tokenizer, and a super-resolution model: sample.py's checks come before any checkpoint."""
+  from configs import digits_sr, digits_text  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import text  # pylint: disable=g-import-not-at-top
+  broken = tmp_path / "encoder"
+  broken.mkdir()
+  for name in ("config.json", "tokenizer.json"):
+    (broken / name).write_bytes(open(os.path.join(text.default_encoder_dir(), name), "rb").read())
+  no_tokenizer = tmp_path / "encoder_no_tokenizer"
+  no_tokenizer.mkdir()
+  (no_tokenizer / "config.json").write_bytes((broken / "config.json").read_bytes())
+  text_configs = {}
+  for name, directory in (("text", broken), ("text_no_tokenizer", no_tokenizer)):
+    text_configs[name] = digits_text.get_config("smoke")
+    with text_configs[name].unlocked():
+      text_configs[name].text.encoder = str(directory)
+  runs = {}
+  for name, config in (("class", digits.get_config("smoke")), *text_configs.items(),
+                       ("sr", digits_sr.get_config("smoke"))):
+    runs[name] = Workdir(tmp_path / name)
+    runs[name].save_config(config)
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "big.png")
+  return runs
+
+
+TEXT_SR_ERRORS = [
+    (lambda tmp, runs: [f"--workdir={runs['class']}", "--prompt=a handwritten seven"],
+     ["--prompt needs a text-conditional model", "context_dim is 0"]),
+    (lambda tmp, runs: [f"--workdir={runs['text']}", "--prompt=a handwritten seven"],
+     ["has no weights model.safetensors", "encoder"]),
+    (lambda tmp, runs: [f"--workdir={runs['text_no_tokenizer']}", "--prompt=a seven"],
+     ["has no tokenizer.json", "encoder_no_tokenizer"]),
+    (lambda tmp, runs: [f"--workdir={runs['text']}", f"--prompts_file={tmp / 'none.txt'}"],
+     ["--prompts_file=", "none.txt: no such file"]),
+    (lambda tmp, runs: [f"--workdir={runs['sr']}", f"--low_res={tmp / 'big.png'}"],
+     ["--low_res=", "has shape (8, 8, 1)", "4x4 images"]),
+]
+
+
+@pytest.mark.parametrize("make_args, expected", TEXT_SR_ERRORS,
+                         ids=["prompt_without_text", "encoder_without_weights",
+                              "encoder_without_tokenizer", "missing_prompts_file",
+                              "low_res_size"])
+def test_text_and_super_resolution_errors_are_one_line(tmp_path, config_only_runs, make_args,
+                                                       expected):
+  result = run_script("sample", *make_args(tmp_path, config_only_runs))
+  assert_one_line_error(result, *expected)

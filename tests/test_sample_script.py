@@ -7,8 +7,6 @@ the scripts as subprocesses (test_cli.py).
 """
 
 import contextlib
-import importlib.util
-import os
 
 from absl import flags
 import jax
@@ -29,12 +27,9 @@ from diffax.pipeline import parallel
 from diffax.pipeline import sample
 from diffax.pipeline import state as state_lib
 from diffax.pipeline.workdir import Workdir
-from conftest import REPO, embedded_digits
+from conftest import embedded_digits, load_script
 
-_spec = importlib.util.spec_from_file_location(
-    "sample_script", os.path.join(REPO, "scripts", "sample.py"))
-sample_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sample_script)
+sample_script = load_script("sample")
 
 SHAPE = (8, 8, 1)
 N = 10  # images per run; small settings keep each run to a compile of a tiny sampler

@@ -8,8 +8,11 @@ pictures (`images`), cross-field config checks (`checks`) and the command line's
 
   train.train_and_evaluate(config, workdir)   # scripts/train.py
   sample.sample_workdir(workdir, ...)         # scripts/sample.py
+  cascade.sample(cascade.load(workdirs), ...) # scripts/sample.py --workdir=A,B / --cascade
 
 `build` turns config sections into library objects (schedule, model, loss, sampler); `tasks`
-says what a stage trains (a diffusion model today). Modules are imported on demand: the data
+says what a stage trains (a diffusion model today); `conditions` builds a model's cond from data
+batches and from requests (labels, captions through the frozen text encoder of `text`, low-res
+images); `shapes` says what one example's shape is. Modules are imported on demand: the data
 pipeline imports TensorFlow.
 """

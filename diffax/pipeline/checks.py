@@ -7,17 +7,21 @@ compiles or reads data, with messages that name every field involved.
 
 
 def check_conditioning(config) -> None:
-  """Condition dropout, guidance and the class label against the model's conditioning."""
-  num_classes = config.model.num_classes
+  """Condition dropout, guidance, the class label, prompts and the super-resolution settings
+  against the model's conditioning."""
+  m = config.model
+  num_classes = m.num_classes
+  text = m.get("context_dim", 0)
+  droppable = bool(num_classes or text)  # keys with a null condition (label, context)
+  what = "config.model.num_classes > 0 or config.model.context_dim > 0"
   dropout = config.train.cond_dropout
-  if dropout > 0 and not num_classes:
+  if dropout > 0 and not droppable:
     raise ValueError(f"config.train.cond_dropout={dropout} needs a conditional model (set "
-                     f"config.model.num_classes > 0): an unconditional model has no condition "
-                     f"to drop")
+                     f"{what}): an unconditional model has no condition to drop")
   scale = config.sample.guidance_scale
-  if scale != 1 and not num_classes:
+  if scale != 1 and not droppable:
     raise ValueError(f"config.sample.guidance_scale={scale} needs a conditional model "
-                     f"(config.model.num_classes > 0); an unconditional model allows only 1")
+                     f"({what}); an unconditional model allows only 1")
   if scale != 1 and not dropout > 0:
     raise ValueError(f"config.sample.guidance_scale={scale} needs a model trained with "
                      f"config.train.cond_dropout > 0: with 0 its null condition (the "
@@ -28,6 +32,19 @@ def check_conditioning(config) -> None:
     allowed = (f"-1 (image i gets i % {num_classes}) or 0 .. {num_classes - 1}" if num_classes
                else "-1 (an unconditional model takes no label)")
     raise ValueError(f"config.sample.class_label must be {allowed}, got {label!r}")
+  prompts = config.sample.get("prompts", ())
+  if prompts and not text:
+    raise ValueError(f"config.sample.prompts={tuple(prompts)!r} needs a text-conditional model "
+                     f"(config.model.context_dim > 0)")
+  low_res = m.get("low_res_size", 0)
+  for field in ("train.low_res_noise", "sample.noise_level"):
+    section, key = field.split(".")
+    value = config[section].get(key, 0.0)
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"config.{field} must lie in [0, 1], got {value}")
+    if value and not low_res:
+      raise ValueError(f"config.{field}={value} needs a super-resolution model "
+                       f"(config.model.low_res_size > 0)")
 
 
 def check_sampling(config) -> None:

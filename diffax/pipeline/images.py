@@ -38,20 +38,68 @@ def make_grid(images: np.ndarray, *, ncols: int | None = None, pad: int = 1,
   return grid
 
 
-def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, str]:
-  """Writes a PNG grid to `path` and the float32 samples to `path` with suffix `.npz`.
+def labelled_grid(images: np.ndarray, labels, *, min_cell: int = 32,
+                  max_label_chars: int = 48) -> np.ndarray:
+  """A grid with one row per distinct label (in order of first appearance), the label written
+  on the row's left: the images of a prompt side by side.
 
   Args:
-    path: where the PNG goes (directories are created).
-    samples: `[N, H, W, C]` floats in [-1, 1].
+    images: `[N, H, W, C]` in [-1, 1].
+    labels: N strings, one per image.
+
+  Returns:
+    uint8 `[rows * H', text + cols * W', C]`.
+  """
+  from PIL import ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+  order = list(dict.fromkeys(labels))
+  rows = [[i for i, label in enumerate(labels) if label == row] for row in order]
+  ncols = max(len(r) for r in rows)
+  cells = np.full((len(rows) * ncols, *images.shape[1:]), -1.0, np.float32)
+  for r, members in enumerate(rows):
+    cells[r * ncols:r * ncols + len(members)] = images[members]
+  cells = make_grid(cells, ncols=ncols, min_cell=min_cell)
+  cell_h = (cells.shape[0] - 1) // len(rows)
+  font = ImageFont.load_default(size=max(10, min(16, cell_h // 3)))
+  texts = [t if len(t) <= max_label_chars else t[:max_label_chars - 3] + "..." for t in order]
+  width = max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font))
+              for t in texts) + 8
+  canvas = Image.new("L", (width, cells.shape[0]), 255)
+  draw = ImageDraw.Draw(canvas)
+  for r, t in enumerate(texts):
+    draw.text((4, 1 + r * cell_h + cell_h // 2), t, fill=0, font=font, anchor="lm")
+  text = np.asarray(canvas)[..., None]
+  text = np.repeat(text, cells.shape[-1], axis=-1)
+  return np.concatenate([text, cells], axis=1)
+
+
+def save_grid(path: str, samples: np.ndarray, *, labels=None, **grid_kwargs) -> str:
+  """Writes a PNG grid of `[N, H, W, C]` samples in [-1, 1] to `path` (directories created).
+
+  Args:
+    labels: None, or one string per sample (e.g. its prompt): a row per label, written on its
+      left (`labelled_grid`).
+    **grid_kwargs: `make_grid`'s keywords (with labels, only min_cell).
+  """
+  samples = np.asarray(samples, np.float32)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if labels is not None:
+    grid = labelled_grid(samples, list(labels),
+                         **{k: v for k, v in grid_kwargs.items() if k == "min_cell"})
+  else:
+    grid = make_grid(samples, **grid_kwargs)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  return path
+
+
+def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, str]:
+  """Writes a PNG grid to `path` (`save_grid`, same keywords) and the float32 samples to
+  `path` with suffix `.npz` (key `samples`).
 
   Returns:
     `(png_path, npz_path)`.
   """
   samples = np.asarray(samples, np.float32)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  grid = make_grid(samples, **grid_kwargs)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  save_grid(path, samples, **grid_kwargs)
   npz_path = os.path.splitext(path)[0] + ".npz"
   np.savez_compressed(npz_path, samples=samples)
   return path, npz_path
@@ -97,7 +145,7 @@ def load_image(path: str, shape, *, name: str = "image", mask: bool = False) -> 
   channels_ok = array.shape[-1] == shape[-1] or (mask and array.shape[-1] == 1)
   if array.ndim not in (3, 4) or tuple(array.shape[-3:-1]) != tuple(shape[:2]) or (
       not channels_ok):
-    raise ValueError(f"{name}={path} has shape {array.shape}; the model draws "
+    raise ValueError(f"{name}={path} has shape {array.shape}; the model takes "
                      f"{shape[0]}x{shape[1]} images with {shape[2]} channel(s): give [H, W, C] "
                      f"or [N, H, W, C] of that size")
   return array if array.ndim == 4 else array[None]

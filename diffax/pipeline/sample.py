@@ -1,7 +1,8 @@
 """Drawing samples from a run: batched, data-parallel over every device, per-image reproducible.
 
-`Request` holds what a user asks for (how many images, their labels, an image to edit) and
-draws them batch by batch on the compile-once program of `diffax.sampling.make_sampler`.
+`Request` holds what a user asks for (how many images, their labels or prompts, a low-res
+image to upsample, an image to edit) and draws them batch by batch on the compile-once program
+of `diffax.sampling.make_sampler`.
 Sample i depends on the seed and i alone: batch size and device count change nothing.
 `load_ema_params` reads a training workdir's newest checkpoint; `sample_workdir` is
 scripts/sample.py.
@@ -20,6 +21,7 @@ from diffax import sampling
 from diffax.pipeline import build
 from diffax.pipeline import checkpoint
 from diffax.pipeline import checks
+from diffax.pipeline import conditions
 from diffax.pipeline import images as images_lib
 from diffax.pipeline import optim
 from diffax.pipeline import parallel
@@ -44,13 +46,6 @@ def check_edits(*, init_image: bool, mask: bool, strength: bool, resample: bool,
     raise ValueError(f"{p}resample (RePaint) needs {p}mask and {p}init_image")
   if init_image and not mask and not strength:
     raise ValueError(f"{p}init_image needs {p}mask (inpainting) or {p}strength (SDEdit)")
-
-
-def class_labels(num_classes: int, num_images: int, class_label: int) -> np.ndarray:
-  """`class_label` for every image, or i % num_classes for image i when it is -1."""
-  if class_label >= 0:
-    return np.full((num_images,), class_label, np.int32)
-  return (np.arange(num_images) % num_classes).astype(np.int32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,9 +108,11 @@ class Request:
 
 
 def request(config, net, noise_schedule, *, num_images: int, batch_size: int, mesh=None,
-            class_label: Optional[int] = None, init_image=None, mask=None,
+            class_label: Optional[int] = None, prompts=None, low_res=None,
+            noise_level: Optional[float] = None, low_res_rng: Optional[jax.Array] = None,
+            conditioner: Optional[conditions.Conditioner] = None, init_image=None, mask=None,
             strength: Optional[float] = None, resample: Optional[int] = None) -> Request:
-  """The `Request` of `config.sample` (its sampler settings, labels and guidance).
+  """The `Request` of `config.sample` (its sampler settings, condition and guidance).
 
   Args:
     config: the run config.
@@ -126,6 +123,13 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
     mesh: devices to split each batch over, or None.
     class_label: a conditional model's label for every image, -1 for i % num_classes;
       default `config.sample.class_label`.
+    prompts: a text model's prompts, image i gets prompts[i % len(prompts)]; default
+      `config.sample.prompts` (none: the empty caption).
+    low_res: a super-resolution model's input `[n, h, w, C]` in [-1, 1] (image i gets row
+      i % n), noised to `noise_level` (default `config.sample.noise_level`) with noise from
+      `low_res_rng` folded with i.
+    conditioner: the model's `conditions.Conditioner` (its text encoder loaded), or None to
+      build one.
     init_image: `[N, *sample_shape]` (or one image) in [-1, 1], the image to edit.
     mask: inpainting: known pixels (nonzero = known), shaped like init_image (or 1 channel).
     strength: SDEdit strength in (0, 1].
@@ -138,10 +142,14 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
   if compiled.spec.guided:
     knobs["guidance_scale"] = config.sample.guidance_scale
   per_image = {}
-  num_classes = config.model.num_classes
-  if num_classes:
-    label = config.sample.class_label if class_label is None else class_label
-    per_image["cond"] = {"label": class_labels(num_classes, num_images, label)}
+  conditioner = conditioner or conditions.Conditioner(config, net)
+  cond = conditioner.sampling(
+      num_images, class_label=config.sample.class_label if class_label is None else class_label,
+      prompts=config.sample.prompts if prompts is None else prompts, low_res=low_res,
+      noise_level=config.sample.noise_level if noise_level is None else noise_level,
+      rng=low_res_rng)
+  if cond is not None:
+    per_image["cond"] = cond
   shape = net.sample_shape
   if init_image is not None:
     init_image = _per_image("init_image", init_image, shape).astype(np.float32)
@@ -196,9 +204,28 @@ def load_ema_params(workdir: Workdir, config, net, *, mesh=None):
   return state.ema_params, int(state.step)
 
 
+def grid_layout(config, num_images: int, prompts=None) -> dict:
+  """How a grid of a run's samples is laid out (`images.save_samples` keywords): one row per
+  prompt, labelled with it, for a text model; one column per class for a class model drawing
+  every class; else square."""
+  prompts = list(config.sample.prompts if prompts is None else prompts)
+  if config.model.get("context_dim") and prompts:
+    return {"labels": [prompts[i % len(prompts)] for i in range(num_images)]}
+  num_classes = config.model.num_classes
+  if num_classes and config.sample.class_label == -1:
+    return {"ncols": num_classes}
+  return {}
+
+
+def low_res_rng(seed: int) -> jax.Array:
+  """The key of a request's low-res augmentation noise (the samples' key is key(seed))."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
 def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed: int = 0,
-                   init_image=None, mask=None, strength: Optional[float] = None,
-                   resample: Optional[int] = None, progress: bool = True):
+                   prompts=None, low_res=None, init_image=None, mask=None,
+                   strength: Optional[float] = None, resample: Optional[int] = None,
+                   progress: bool = True):
   """Draws `config.sample.num_images` images from a run's EMA params; writes a PNG grid and
   the float32 samples (.npz, key `samples`) beside it.
 
@@ -207,6 +234,9 @@ def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed:
     config: its config with the sampling settings to use (`config.sample`).
     out: the PNG path (default `workdir.default_samples()`).
     seed: the sampling seed: image i depends on it and i alone.
+    prompts: a text model's prompts (default `config.sample.prompts`); the grid has a row per
+      prompt, labelled with it.
+    low_res: a super-resolution model's input (see `request`).
     init_image, mask, strength, resample: editing (see `request`).
     progress: show a progress bar.
 
@@ -217,14 +247,14 @@ def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed:
   mesh = parallel.create_mesh()
   net, noise_schedule = build.model(config), build.schedule(config)
   req = request(config, net, noise_schedule, num_images=config.sample.num_images,
-                batch_size=config.sample.batch_size, mesh=mesh, init_image=init_image,
+                batch_size=config.sample.batch_size, mesh=mesh, prompts=prompts,
+                low_res=low_res, low_res_rng=low_res_rng(seed), init_image=init_image,
                 mask=mask, strength=strength, resample=resample)
   req.batch_knobs(0)  # checks every setting before the checkpoint is read
   params, step = load_ema_params(workdir, config, net, mesh=mesh)
   samples = req(params, jax.random.key(seed), progress=progress)
   png = npz = None
   if jax.process_index() == 0:
-    num_classes = config.model.num_classes
-    ncols = num_classes if num_classes and config.sample.class_label == -1 else None
-    png, npz = images_lib.save_samples(out or workdir.default_samples(), samples, ncols=ncols)
+    png, npz = images_lib.save_samples(out or workdir.default_samples(), samples,
+                                       **grid_layout(config, len(samples), prompts))
   return png, npz, step

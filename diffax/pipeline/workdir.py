@@ -62,6 +62,10 @@ class Workdir:
     """Where scripts/sample.py writes when no --out is given."""
     return os.path.join(self.path, "samples.png")
 
+  def default_cascade_samples(self) -> str:
+    """Where scripts/sample.py writes a cascade ending at this stage when no --out is given."""
+    return os.path.join(self.path, "cascade.png")
+
   def save_config(self, config) -> str:
     """Writes the resolved config atomically (never a half-written file)."""
     os.makedirs(self.path, exist_ok=True)
