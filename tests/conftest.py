@@ -148,7 +148,7 @@ def digits_cond_run(tmp_path_factory):
 
 
 # The text-to-image and cascade systems at test size (tests/test_text_digits.py,
-# test_cascade.py, test_sample_script.py): each trained once per session through
+# test_cascade.py): each trained once per session through
 # scripts/train.py. Tiny U-Nets, no self-attention; the text models keep their cross-attention
 # (the middle block's and the one named).
 _TINY = ("--config.model.base_channels=16", "--config.model.num_res_blocks=1",
@@ -160,9 +160,6 @@ _TINY = ("--config.model.base_channels=16", "--config.model.num_res_blocks=1",
 TEXT_OVERRIDES = _TINY + ("--config.model.num_heads=2",
                           "--config.model.cross_attention_resolutions=(4,)",
                           "--config.train.num_steps=300", "--config.train.checkpoint_every=300")
-PAIRS_OVERRIDES = _TINY + ("--config.model.num_heads=2",
-                           "--config.model.cross_attention_resolutions=(4,)",
-                           "--config.train.num_steps=400", "--config.train.checkpoint_every=400")
 SR_OVERRIDES = _TINY + ("--config.train.num_steps=600", "--config.train.checkpoint_every=600")
 
 
@@ -178,12 +175,6 @@ def _train(tmp_path_factory, name, config, overrides):
 def digits_text_run(tmp_path_factory):
   """The workdir of configs/digits_text.py (8x8, captions) trained for 300 steps."""
   return _train(tmp_path_factory, "digits_text", "digits_text.py", TEXT_OVERRIDES)
-
-
-@pytest.fixture(scope="session")
-def digits_pairs_run(tmp_path_factory):
-  """The workdir of configs/digits_pairs_text.py (8x16, two digits captioned by position)."""
-  return _train(tmp_path_factory, "digits_pairs", "digits_pairs_text.py", PAIRS_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
