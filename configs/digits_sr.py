@@ -4,8 +4,9 @@ The U-Net of `configs/digits.py` conditioned on the 4x4 version of each digit (t
 area-downsampled; `model.low_res_size = 4`), bicubic-upsampled and concatenated to x_t. In
 training the low-res input is noised to a random level s ~ U[0, 0.2] that the model is told
 (`train.low_res_noise`, noise-conditioning augmentation); sampling uses a fixed level
-(`sample.noise_level`, 0 by default: a 4x4 digit has no pixel to spare; measured on held-out
-digits, level 0.1 costs 1.2 dB). It is the second stage of `configs/cascade_digits.py`.
+(`sample.noise_level`, 0 by default: a 4x4 digit has no pixel to spare; on the 297 held-out
+digits, the test-size run of tests/conftest.py gives 16.0 dB PSNR at level 0 and 15.2 dB at 0.1,
+against 13.7 dB for bicubic upsampling). It is the second stage of `configs/cascade_digits.py`.
 
 Run:
   python scripts/train.py --config=configs/digits_sr.py --workdir=workdirs/digits_sr
