@@ -9,6 +9,9 @@ nothing outside this package knows Flax.
   out = apply_fn(params, x_t, t, {"label": labels}, train=True, rng=dropout_rng)
   model.null_cond                               # {"label": 10}: the dropped condition
 
+The same call with `sample_shape=(L, C)` builds the 1-D network (audio), with `(T, H, W, C)` the
+video network (factorized space-time attention); see `unet`.
+
 Arguments are keywords and arrays; a bad value raises ValueError naming the keyword.
 """
 
@@ -42,7 +45,8 @@ class Model:
     null_cond: the value each droppable key of cond takes when dropped (no batch axis); empty
       for an unconditional model.
     cond_keys: the keys of cond the model reads.
-    sample_shape: the shape of one example, e.g. (H, W, C).
+    sample_shape: the shape of one example, e.g. (H, W, C); (L, C) or (T, H, W, C) for 1-D
+      signals or video.
   """
   init_fn: Callable
   apply_fn: Callable
@@ -66,7 +70,8 @@ def create(name: str = "unet", *, sample_shape, dtype="float32",
 
   Args:
     name: a key of `MODELS`.
-    sample_shape: the shape of one example, `(H, W, C)`.
+    sample_shape: the shape of one example: `(L, C)` (1-D signals such as audio), `(H, W, C)`
+      (images) or `(T, H, W, C)` (video); the network follows its rank.
     dtype: compute dtype, a key of `DTYPES` or a numpy dtype; parameters are float32 always.
     fast_layers: use the layers with hand-written gradients (`ops`); None picks by backend
       (`fast_layers_default`). Same parameters and values either way.
