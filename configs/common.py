@@ -36,11 +36,19 @@ def base_config():
   c.task = "diffusion"          # what this stage trains (diffax.pipeline.tasks.TASKS)
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"     # any TFDS image dataset name, or the embedded "digits"
+  c.data.dataset = "digits"     # a TFDS dataset name, or an embedded one: "digits",
+                                # "moving_digits" (video), "tones" (audio)
   c.data.split = "train"
-  c.data.image_size = 8         # images are resized (area) to image_size x image_size
+  # What one example is (diffax/pipeline/kinds.py): "image" [image_size, image_size, channels],
+  # "video" [num_frames, image_size, image_size, channels], "audio" [length, channels].
+  c.data.kind = "image"
+  c.data.image_size = 8         # images and frames are resized (area) to image_size x image_size
   c.data.channels = 1
-  c.data.random_flip = False    # random horizontal flips (not for digits: a flipped 7 is no digit)
+  c.data.num_frames = ml_collections.config_dict.placeholder(int)   # video: a clip's first frames
+  c.data.length = ml_collections.config_dict.placeholder(int)   # audio: samples (crop / zero-pad)
+  c.data.sample_rate = ml_collections.config_dict.placeholder(int)  # audio: Hz, as the dataset's
+  c.data.random_flip = False    # random horizontal flips of images / whole clips (not for digits:
+                                # a flipped 7 is no digit; not for audio)
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: default
   c.data.shuffle_buffer = 10_000
   c.data.num_classes = 10       # labels in the dataset; conditioning uses model.num_classes

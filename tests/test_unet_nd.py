@@ -18,7 +18,6 @@ import pytest
 
 from diffax import models
 from diffax.models import layers
-from diffax.models import ops
 from diffax.models import unet
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
@@ -44,12 +43,13 @@ def perturb(tree, seed=1, scale=0.1):
 
 def reference_count(kw):
   """Parameters of the U-Net counted by hand, for any rank (independent of the Flax code):
-  kernels have 3**ndim taps, video attention is two blocks (space and time)."""
+  kernels have 3 taps per axis, a video conv is a 3x3 conv plus a [3, out, out] temporal
+  kernel and bias, video attention is two blocks (space and time)."""
   shape = kw["sample_shape"]
   ndim, in_ch, ch = len(shape) - 1, shape[-1], kw["base_channels"]
   res = shape[1] if ndim == 3 else shape[0]
   emb, k = 4 * ch, 2 if kw["scale_shift"] else 1
-  conv = lambda i, o: 3**ndim * i * o + o
+  conv = lambda i, o: (9 * i * o + o + 3 * o * o + o) if ndim == 3 else 3**ndim * i * o + o
   norm = lambda c: 2 * c
   resblock = lambda i, o: (norm(i) + conv(i, o) + k * (emb * o + o) + norm(o) + conv(o, o)
                            + (i * o + o if i != o else 0))
@@ -122,21 +122,31 @@ def test_every_rank_obeys_the_same_contract(ranked):
     model.apply_fn(params, x[:, :-1], t, cond)  # one position short
 
 
-@pytest.mark.parametrize("strides", [(1, 1, 1), (1, 2, 2), (2, 2, 2)])
-def test_video_convolution_as_2d_convolutions_is_xlas_3d_convolution(strides):
-  k = jax.random.split(jax.random.key(2), 3)
-  x = jax.random.normal(k[0], (2, 5, 8, 6, 3))
-  kernel = jax.random.normal(k[1], (3, 3, 3, 3, 4))
-  padding = ((1, 1), (1, 1), (1, 1))
-  weights = jax.random.normal(k[2], ops.conv(x, kernel, strides, padding, fast=False).shape)
-  loss = lambda fast: lambda x, w: jnp.sum(jnp.tanh(ops.conv(x, w, strides, padding,
-                                                             fast=fast)) * weights)
-  both = jax.jit(lambda x, w: [(ops.conv(x, w, strides, padding, fast=f),
-                                jax.grad(loss(f), (0, 1))(x, w)) for f in (True, False)])
-  (y, grads), (y_plain, grads_plain) = both(x, kernel)
-  np.testing.assert_allclose(y, y_plain, rtol=1e-5, atol=1e-4)
-  for got, want in zip(grads, grads_plain):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max()))
+def test_frame_conv_is_a_3x3x3_convolution_of_rank_one_in_time():
+  """(2+1)-D: the spatial conv, then 3 taps along time, equal one 3x3x3 convolution whose
+  kernel is their product, K[dt, dy, dx] = sum_m S[dy, dx, :, m] T[dt, m, :] (the biases
+  folded in), here against XLA's 3-D convolution; and at init the temporal part is the
+  identity."""
+  b, frames, c_in, c_out = 2, 5, 3, 4
+  x = jax.random.normal(jax.random.key(2), (b, frames, 8, 6, c_in))
+  conv = layers.FrameConv(c_out, strides=(2, 2))
+  params = conv.init(jax.random.key(3), x)["params"]
+  np.testing.assert_array_equal(params["time_kernel"][1], np.eye(c_out))
+  np.testing.assert_array_equal(params["time_kernel"][0], 0.0)
+  params = perturb(params, scale=0.3)
+  s, sb, tk, tb = (params[k] for k in ("kernel", "bias", "time_kernel", "time_bias"))
+  kernel3d = np.einsum("yxim,tmo->tyxio", s, tk)  # [3, 3, 3, in, out]
+  dims = ("NDHWC", "DHWIO", "NDHWC")
+  want = jax.lax.conv_general_dilated(x, kernel3d, (1, 2, 2), ((1, 1), (1, 1), (1, 1)),
+                                      dimension_numbers=dims)
+  # The spatial bias goes through the temporal taps of the frames that exist (zero padding).
+  present = np.ones((frames, 1))
+  bias_in_time = sum(np.pad(present, ((1, 1), (0, 0)))[tap:tap + frames] * (sb @ tk[tap])
+                     for tap in range(3))  # [T, out]
+  want = want + bias_in_time[None, :, None, None, :] + tb
+  for fast in (True, False):
+    got = layers.FrameConv(c_out, strides=(2, 2), fast=fast).apply({"params": params}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_space_time_attention_is_attention_within_frames_then_across_frames():
@@ -219,7 +229,8 @@ def test_video_keeps_its_frames_at_every_level():
   kw = dict(TINY, sample_shape=(5, 16, 16, 1), attention_resolutions=(8,))
   model = models.create("unet", **kw)
   shapes = jax.eval_shape(model.init_fn, jax.random.key(0))
-  assert shapes["down_0_downsample"]["conv"]["kernel"].shape == (3, 3, 3, 8, 8)
+  assert shapes["down_0_downsample"]["conv"]["kernel"].shape == (3, 3, 8, 8)  # (2+1)-D
+  assert shapes["down_0_downsample"]["conv"]["time_kernel"].shape == (3, 8, 8)
   assert set(shapes["up_1_attn_0"]) == {"space", "time"} and "down_0_attn_0" not in shapes
   x = jax.ShapeDtypeStruct((2, 5, 16, 16, 1), jnp.float32)
   out = jax.eval_shape(model.apply_fn, shapes, x, jax.ShapeDtypeStruct((2,), jnp.int32),

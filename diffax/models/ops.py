@@ -1,6 +1,5 @@
-"""Pure functions laid out for what XLA compiles well: bias addition and group normalisation
-(Wu & He 2018) with hand-written gradients, and convolutions over three spatial axes (video) as
-2-D convolutions, as the U-Net layers use them.
+"""Pure functions with hand-written gradients that XLA compiles well: bias addition and group
+normalisation (Wu & He 2018), as the U-Net layers use them.
 
 Their values are those of `flax.linen.Dense` / `Conv` bias addition and `flax.linen.GroupNorm`;
 what differs is how the gradient is laid out for the compiler. Autodiff of the Flax layers
@@ -18,17 +17,9 @@ On the half-width DDPM CIFAR-10 train step (batch 32, 2 CPU cores) these took a 
 to 3.4 s, and DDIM at batch 1 from 34 to 27 ms per step (benchmarks/README.md). They were
 measured on XLA:CPU only, so each function takes `fast`: False gives the plain form that JAX
 differentiates itself (what `diffax.models` uses on GPU and TPU); both give the same values.
-
-XLA:CPU runs a convolution over three spatial axes (`[B, T, H, W, C]`, a 3x3x3 kernel) as one
-generic loop nest, 3 to 4 times slower than the same arithmetic as three 2-D convolutions over
-time-shifted frames, which it hands to its optimised 2-D kernel: at [16, 8, 16, 16, 32], 32 -> 32
-channels, forward 87 -> 20 ms and forward + backward 302 -> 112 ms on 2 CPU cores
-(benchmarks/README.md). `conv` with `fast` takes that form; 1-D and 2-D convolutions are XLA's
-own either way (a 1-D convolution as a 2-D one measured no faster).
 """
 
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -158,52 +149,3 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
   norm = _group_norm if fast else _group_norm_plain
   y = norm(x32, scale.astype(jnp.float32), bias.astype(jnp.float32), num_groups, float(eps))
   return y.reshape(x.shape)
-
-
-def _conv_plain(x, kernel, strides, padding):
-  """XLA's convolution, channels last, any number of spatial axes."""
-  n = x.ndim
-  dims = jax.lax.ConvDimensionNumbers(lhs_spec=(0, n - 1, *range(1, n - 1)),
-                                      rhs_spec=(n - 1, n - 2, *range(n - 2)),
-                                      out_spec=(0, n - 1, *range(1, n - 1)))
-  return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
-                                      dimension_numbers=dims)
-
-
-def _conv_over_frames(x, kernel, strides, padding):
-  """A convolution over `[B, T, H, W, C]` as a sum over the kernel's time taps of 2-D
-  convolutions of the time-shifted frames (each frame folded into the batch)."""
-  b, frames = x.shape[:2]
-  taps, stride = kernel.shape[0], strides[0]
-  low, high = padding[0]
-  x = jnp.pad(x, ((0, 0), (low, high), (0, 0), (0, 0), (0, 0)))
-  out_frames = (frames + low + high - taps) // stride + 1
-  out = None
-  for tap in range(taps):
-    shifted = x[:, tap:tap + stride * (out_frames - 1) + 1:stride]  # [B, T', H, W, C]
-    y = _conv_plain(shifted.reshape(b * out_frames, *shifted.shape[2:]), kernel[tap],
-                    strides[1:], padding[1:])
-    out = y if out is None else out + y
-  return out.reshape(b, out_frames, *out.shape[1:])
-
-
-def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding,
-         *, fast: bool = True) -> jax.Array:
-  """The convolution of `flax.linen.Conv` (no bias), channels last.
-
-  Args:
-    x: `[B, *spatial, C_in]`, any number of spatial axes.
-    kernel: `[*window, C_in, C_out]`, one window entry per spatial axis.
-    strides: one per spatial axis.
-    padding: `(low, high)` per spatial axis, or "SAME" / "VALID".
-    fast: with three spatial axes and explicit padding, compute it as 2-D convolutions over
-      time-shifted frames (faster on XLA:CPU, see the module docstring); same values.
-
-  Returns:
-    `[B, *spatial_out, C_out]` in x's dtype.
-  """
-  strides = tuple(int(s) for s in strides)
-  if fast and x.ndim == 5 and not isinstance(padding, str):
-    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-    return _conv_over_frames(x, kernel, strides, padding)
-  return _conv_plain(x, kernel, strides, padding)

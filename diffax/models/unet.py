@@ -18,12 +18,14 @@ The rank of the sample shape picks the data (one module, the same parameter name
                 down/upsampling halves/doubles L.
   (H, W, C)     images: 3x3 convolutions, attention over the H*W pixels, down/upsampling on
                 both axes. The parameters are those of the original 2-D U-Net.
-  (T, H, W, C)  video: 3x3x3 convolutions (space and time), factorized attention
+  (T, H, W, C)  video: (2+1)-D convolutions (`layers.FrameConv`: 3x3 within each frame, then
+                3 frames along time; an image U-Net's conv parameters plus a temporal kernel
+                that starts as the identity), factorized attention
                 (`layers.SpaceTimeAttention`: over the H*W pixels of each frame, then over the
                 T frames at each pixel; Ho et al. 2022), down/upsampling on H and W only: the
                 T frames stay T frames at every level (as in Video Diffusion Models), so a
                 short clip need not be divisible by anything. GroupNorm normalises each
-                example over all its frames.
+                example over all its frames. Both factorizations keep the cost linear in T.
 
 Attention is used at the levels whose *resolution* is in `attention_resolutions`; a level's
 resolution is the size of its first resampled axis: the length L of a 1-D signal (e.g. 2048,

@@ -12,6 +12,7 @@ from diffax import losses
 from diffax import models
 from diffax import sampling
 from diffax import schedules
+from diffax.pipeline import kinds
 
 # config.model keys that are not architecture keywords of models.create.
 _MODEL_KEYS = ("name", "dtype", "fast_layers")
@@ -40,9 +41,9 @@ def schedule(config) -> schedules.Schedule:
 
 
 def sample_shape(config) -> tuple:
-  """The shape of one training example, from `config.data`."""
-  size, channels = config.data.image_size, config.data.channels
-  return (size, size, channels)
+  """The shape of one training example, from `config.data`: (H, W, C) for images, (T, H, W, C)
+  for video, (L, C) for audio (`kinds`)."""
+  return kinds.sample_shape(config.data)
 
 
 def model(config, *, dtype: Optional[str] = None) -> models.Model:

@@ -20,7 +20,7 @@ from diffax import sampling
 from diffax.pipeline import build
 from diffax.pipeline import checkpoint
 from diffax.pipeline import checks
-from diffax.pipeline import images as images_lib
+from diffax.pipeline import media
 from diffax.pipeline import optim
 from diffax.pipeline import parallel
 from diffax.pipeline import state as state_lib
@@ -28,16 +28,17 @@ from diffax.pipeline.workdir import Workdir
 
 
 def check_edits(*, init_image: bool, mask: bool, strength: bool, resample: bool,
-                prefix: str = "") -> None:
+                prefix: str = "", mask_name: str = "mask") -> None:
   """Raises ValueError when the editing options given do not go together.
 
   Inpainting needs init_image and mask (resample is its option); SDEdit needs init_image and
   strength. The arguments say which options were given; `prefix` goes before each name in the
-  message ("--" for command-line flags).
+  message ("--" for command-line flags); `mask_name` is the option that gave the mask
+  (scripts/sample.py's --known_frames and --known_samples are masks too).
   """
-  p = prefix
+  p, m = prefix, prefix + mask_name
   if mask and not init_image:
-    raise ValueError(f"{p}mask needs {p}init_image: the image whose known pixels it marks")
+    raise ValueError(f"{m} needs {p}init_image: the example whose known part it marks")
   if strength and not init_image:
     raise ValueError(f"{p}strength (SDEdit) needs {p}init_image: the image to edit")
   if resample and not mask:
@@ -199,8 +200,9 @@ def load_ema_params(workdir: Workdir, config, net, *, mesh=None):
 def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed: int = 0,
                    init_image=None, mask=None, strength: Optional[float] = None,
                    resample: Optional[int] = None, progress: bool = True):
-  """Draws `config.sample.num_images` images from a run's EMA params; writes a PNG grid and
-  the float32 samples (.npz, key `samples`) beside it.
+  """Draws `config.sample.num_images` examples from a run's EMA params; writes a PNG grid and
+  the float32 samples (.npz, key `samples`) beside it, and for video an animated GIF, for audio
+  WAV files (`media.save_samples`).
 
   Args:
     workdir: the run directory.
@@ -211,7 +213,8 @@ def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed:
     progress: show a progress bar.
 
   Returns:
-    `(png_path, npz_path, step)`, the paths written (by process 0) and the checkpoint's step.
+    `(paths, step)`: the paths written by process 0, `(png, npz, ...)` (empty on other
+    processes), and the checkpoint's step.
   """
   checks.check_sampling(config)
   mesh = parallel.create_mesh()
@@ -222,9 +225,10 @@ def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed:
   req.batch_knobs(0)  # checks every setting before the checkpoint is read
   params, step = load_ema_params(workdir, config, net, mesh=mesh)
   samples = req(params, jax.random.key(seed), progress=progress)
-  png = npz = None
+  paths = ()
   if jax.process_index() == 0:
     num_classes = config.model.num_classes
     ncols = num_classes if num_classes and config.sample.class_label == -1 else None
-    png, npz = images_lib.save_samples(out or workdir.default_samples(), samples, ncols=ncols)
-  return png, npz, step
+    paths = media.save_samples(out or workdir.default_samples(), samples, config.data,
+                               ncols=ncols)
+  return paths, step

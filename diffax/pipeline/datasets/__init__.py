@@ -1,6 +1,13 @@
 """TFDS builders embedded in diffax. Importing this package registers their names with TFDS.
 
-`diffax.pipeline.data` imports it; `import diffax` does not.
+  digits          scikit-learn's 8x8 handwritten digits (real images, shipped in its wheel)
+  moving_digits   SYNTHETIC video: a digit of `digits` bouncing in a 16x16 frame, 8 frames
+  tones           SYNTHETIC audio: notes of 8 pitches at 8 kHz, labelled by pitch
+
+Each prepares offline in seconds and deterministically. `diffax.pipeline.data` imports this
+package; `import diffax` does not.
 """
 
 from diffax.pipeline.datasets import digits
+from diffax.pipeline.datasets import moving_digits
+from diffax.pipeline.datasets import tones

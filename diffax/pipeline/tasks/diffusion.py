@@ -3,26 +3,29 @@
 import jax
 
 from diffax.pipeline import build
-from diffax.pipeline import images
+from diffax.pipeline import kinds
+from diffax.pipeline import media
 from diffax.pipeline import parallel
 from diffax.pipeline import sample as sample_lib
 from diffax.pipeline.workdir import Workdir
 
 
 class DiffusionTask:
-  """Trains `config.model` to denoise `config.data` examples (optionally conditioned on their
-  labels) and draws sample grids from its EMA params."""
+  """Trains `config.model` to denoise `config.data` examples (images, video or audio clips,
+  optionally conditioned on their labels) and draws samples from its EMA params."""
 
   def __init__(self, config):
     self.config = config
     self.schedule = build.schedule(config)
     self.model = build.model(config)
     self.loss_fn = build.loss_fn(config, self.model, self.schedule)
+    self.kind = kinds.kind(config.data)
     self._request = None
 
   def loss_batch(self, host_batch: dict) -> dict:
-    """`{"image", "label"}` from the data -> `{"x", "cond"}` of the loss."""
-    batch = {"x": host_batch["image"]}
+    """`{kind, "label"}` from the data ("image", "video" or "audio") -> `{"x", "cond"}` of the
+    loss."""
+    batch = {"x": host_batch[self.kind]}
     if "label" in self.model.cond_keys:
       batch["cond"] = {"label": host_batch["label"]}
     return batch
@@ -45,7 +48,8 @@ class DiffusionTask:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 2), step)
 
   def write_samples(self, workdir: Workdir, step: int, params, mesh) -> str:
-    """Draws the grid of step `step` from `params` (the EMA params); process 0 writes it.
+    """Draws the samples of step `step` from `params` (the EMA params); process 0 writes them:
+    a PNG grid (images), frames and a GIF (video), panels and WAV files (audio).
 
     Returns:
       The PNG path.
@@ -56,5 +60,5 @@ class DiffusionTask:
     if jax.process_index() == 0:
       num_classes = self.config.model.num_classes
       ncols = num_classes if num_classes and self.config.sample.class_label == -1 else None
-      images.save_samples(path, samples, ncols=ncols)
+      media.save_samples(path, samples, self.config.data, ncols=ncols)
     return path
