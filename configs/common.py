@@ -123,11 +123,72 @@ def base_config():
   c.sample.threshold = 0.0          # Imagen dynamic thresholding percentile; 0 disables it
   c.sample.num_images = 64
   c.sample.batch_size = 64
+
+  # Latent diffusion (Rombach et al. 2022): train and sample the denoiser in the latent space
+  # of a trained autoencoder (a run of configs/*_autoencoder.py). None: pixel space.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.autoencoder_workdir = placeholder(str)
+  # Which of its checkpoints; None: the newest. Resolved when training starts and saved in
+  # config.json, so a resumed run and scripts/sample.py use the same autoencoder.
+  c.latent.autoencoder_step = placeholder(int)
+  # The latents are multiplied by it to make them unit-variance. None: 1 / their std, measured
+  # on `scale_examples` training images when training starts; saved like autoencoder_step.
+  c.latent.scale_factor = placeholder(float)
+  c.latent.scale_examples = 1024
+  c.latent.sample_posterior = True  # train on draws of q(z | x) (LDM) rather than its means
+  return c
+
+
+def autoencoder_config():
+  """Every key an autoencoder run (`task = "autoencoder"`) reads, with LDM's defaults.
+
+  The data, optimizer, training loop and multi-host sections are those of `base_config`; the
+  model is the KL autoencoder (`diffax.models.create_autoencoder`), `autoencoder` holds its loss
+  (`diffax.autoencoder_loss`) and its training grids. A diffusion run names the trained
+  workdir in `config.latent.autoencoder_workdir`.
+  """
+  c = base_config()
+  c.task = "autoencoder"
+  for section in ("diffusion", "sample", "latent"):
+    del c[section]
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "autoencoder"
+  c.model.base_channels = 64
+  c.model.channel_mult = (1, 2)   # f = 2**(len - 1): (1, 2) halves the image, (1, 2, 4) quarters
+  c.model.num_res_blocks = 2
+  c.model.latent_channels = 4     # z: the latent is [H / f, W / f, z]
+  c.model.mid_attention = True
+  c.model.num_groups = 32
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"
+  c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
+
+  c.autoencoder = ml_collections.ConfigDict()
+  c.autoencoder.reconstruction = "l1"   # "l1" (LDM) | "l2"
+  c.autoencoder.kl_weight = 1e-6        # LDM's; the KL and reconstruction are sums per image
+  c.autoencoder.sample_posterior = True  # decode draws of q(z | x) (LDM) rather than its means
+  # The PatchGAN term (LDM's LPIPSWithDiscriminator without LPIPS). disc_weight 0: none (no
+  # discriminator is built); > 0: switched on at step disc_start.
+  c.autoencoder.disc_weight = 0.0
+  c.autoencoder.disc_start = 0
+  c.autoencoder.disc_channels = 64
+  c.autoencoder.disc_layers = 3
+  # Training grids: held-out images (this split) above their reconstructions.
+  c.autoencoder.eval_split = "test"
+  c.autoencoder.num_images = 32
+
+  c.optim.b1 = 0.5                 # LDM's Adam betas for autoencoders
+  c.optim.b2 = 0.9
+  c.optim.grad_clip_norm = 0.0     # LDM does not clip; with a GAN a clip would be joint
+  c.optim.warmup_steps = 0
+  c.optim.learning_rate = 1e-4
   return c
 
 
 def smoke(c):
   """Shrinks a config in place to a seconds-long run: tiny model, few steps, small batch."""
+  if c.task == "autoencoder":
+    return autoencoder_smoke(c)
   c.model.base_channels = 8
   c.model.channel_mult = (1, 2)
   c.model.num_res_blocks = 1
@@ -144,4 +205,20 @@ def smoke(c):
   c.sample.num_steps = 10
   c.sample.num_images = 16
   c.sample.batch_size = 16
+  return c
+
+
+def autoencoder_smoke(c):
+  """`smoke` for an autoencoder config: a tiny network, few steps, small batch."""
+  c.model.base_channels = 8
+  c.model.num_res_blocks = 1
+  c.model.mid_attention = False
+  c.model.num_groups = 4
+  c.autoencoder.disc_channels = 8
+  c.autoencoder.num_images = 16
+  c.train.num_steps = 20
+  c.train.batch_size = 16
+  c.train.log_every = 5
+  c.train.checkpoint_every = 10
+  c.train.sample_every = 0
   return c

@@ -38,12 +38,14 @@ def make_grid(images: np.ndarray, *, ncols: int | None = None, pad: int = 1,
   return grid
 
 
-def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, str]:
+def save_samples(path: str, samples: np.ndarray, *, arrays: dict | None = None,
+                 **grid_kwargs) -> tuple[str, str]:
   """Writes a PNG grid to `path` and the float32 samples to `path` with suffix `.npz`.
 
   Args:
     path: where the PNG goes (directories are created).
     samples: `[N, H, W, C]` floats in [-1, 1].
+    arrays: more arrays for the .npz beside `samples` (e.g. `latents`), by key.
 
   Returns:
     `(png_path, npz_path)`.
@@ -53,7 +55,9 @@ def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, st
   grid = make_grid(samples, **grid_kwargs)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
   npz_path = os.path.splitext(path)[0] + ".npz"
-  np.savez_compressed(npz_path, samples=samples)
+  stored = {"samples": samples}
+  stored.update({k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()})
+  np.savez_compressed(npz_path, **stored)
   return path, npz_path
 
 

@@ -102,7 +102,7 @@ def train_and_evaluate(config, workdir):
   mesh = parallel.create_mesh()
   check_loop_options(config, mesh)
   task = tasks.create(config)
-  task.check_sampling()
+  task.check()
   # Imported here, after every check: it loads TensorFlow (seconds), which a config error
   # should not wait for.
   from diffax.pipeline import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -111,9 +111,10 @@ def train_and_evaluate(config, workdir):
       process_count=jax.process_count())
   tx, lr_schedule = optim.create_optimizer(config)
   init_rng, train_rng = rngs(config.seed)
-  create = lambda rng: state_lib.create_train_state(task.model.init_fn, tx, rng)
+  create = lambda rng: state_lib.create_train_state(task.init_fn, tx, rng)
   start_step = checkpoint.latest_step_in(workdir.checkpoints) or 0
   batches = open_batches(start_step)  # opens (and checks) the data before anything is written
+  config = task.prepare(workdir, mesh)  # e.g. a latent model's autoencoder and scale factor
   if jax.process_index() == 0:
     workdir.save_config(config)
   ckpt = checkpoint.from_config(config, workdir)
@@ -141,7 +142,7 @@ def train_and_evaluate(config, workdir):
 
   batch = None
   if start_step < num_steps:
-    batch = parallel.shard_batch(task.loss_batch(next(batches)), mesh)
+    batch = task.device_batch(next(batches), start_step, mesh)
     step_fn = parallel.compile_now(step_fn, state, batch, train_rng, name="train_step")
   log = TrainLog(workdir, start_step=start_step, num_steps=num_steps,
                  batch_size=t.batch_size, skip_nonfinite=t.nonfinite == "skip")
@@ -149,7 +150,7 @@ def train_and_evaluate(config, workdir):
     with parallel.PreemptionGuard() as preemption:
       for step in range(start_step, num_steps):
         if step > start_step:  # the first batch was read to compile the step
-          batch = parallel.shard_batch(task.loss_batch(next(batches)), mesh)
+          batch = task.device_batch(next(batches), step, mesh)
         state, metrics = step_fn(state, batch, train_rng)
         log.add(metrics)
         done = step + 1

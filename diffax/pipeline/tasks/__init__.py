@@ -4,18 +4,27 @@ A task is what varies between the stages of a system (a diffusion model, an auto
 embedding model, a prior): its network, its loss, how a data batch becomes the loss's batch, and
 what it shows during training. Everything else of a run (data, devices, the step, EMA,
 checkpoints, exact resume, preemption, logging) is `train.train_and_evaluate`'s, the same for
-every task. A task has:
+every task. Building a task (`cls(config)`) checks its config and reads nothing large. A task
+has:
 
-  model                   the network (`diffax.models.Model`)
+  init_fn(rng) -> params        what the run trains (the train state holds it, and its EMA)
   loss_fn(params, batch, rng) -> (loss, aux)
-  loss_batch(host_batch) -> batch      a data batch (host numpy) -> the loss's batch
-  write_samples(workdir, step, params, mesh)   pictures of progress (EMA params), process 0
+  check()                       further checks before anything compiles (e.g. the sampler)
+  prepare(workdir, mesh) -> config    loads frozen parts (a latent model's autoencoder) and
+                                resolves settings; returns the config the run saves
+  device_batch(host_batch, step, mesh) -> batch   the data batch of training step `step`
+                                (host numpy) -> the loss's batch on the devices (sharded)
+  write_samples(workdir, step, params, mesh) -> path   pictures of progress (EMA params)
+
+Tasks: "diffusion" (pixel or latent diffusion: `config.latent`), "autoencoder" (the first
+stage of a latent model).
 """
 
+from diffax.pipeline.tasks import autoencoder
 from diffax.pipeline.tasks import diffusion
 
 # config.task -> the task class, built as cls(config).
-TASKS = {"diffusion": diffusion.DiffusionTask}
+TASKS = {"diffusion": diffusion.DiffusionTask, "autoencoder": autoencoder.AutoencoderTask}
 
 
 def create(config):
