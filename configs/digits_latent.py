@@ -18,7 +18,7 @@ from configs import digits_cond
 def get_config(arg=None):
   variants = common.parse_arg(arg)
   c = digits_cond.get_config()  # locked: only existing keys change below
-  c.latent.autoencoder_workdir = "workdirs/digits_ae"
+  c.latent.autoencoder_workdir = "workdirs/digits_ae"  # configs/digits_autoencoder.py's run
 
   # The latents are 4x4: one downsampling to 2x2, attention at both resolutions.
   c.model.base_channels = 32

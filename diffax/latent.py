@@ -7,6 +7,8 @@ fits them (Stable Diffusion's 0.18215 is this number for its autoencoder):
 
   scale = diffax.latent.scale_factor(z_train)        # 1 / std of training latents
   z = diffax.latent.encode(ae, ae_params, x, scale)  # images -> scaled latents (posterior mean)
+  z = diffax.latent.encode(ae, ae_params, x, scale,  # or a posterior draw, keyed per example
+                           noise=diffax.latent.noise_per_example(rng, index, ae.latent_shape))
   x = diffax.latent.decode(ae, ae_params, z, scale)  # scaled latents -> images
   known = diffax.latent.downsample_mask(mask, ae.factor)   # inpainting in latent space
 
@@ -36,25 +38,31 @@ def scale_factor(latents) -> float:
   return 1.0 / std
 
 
-def encode(ae, params, x: jax.Array, scale, *, rng: Optional[jax.Array] = None) -> jax.Array:
-  """Images -> scaled latents: `scale * z`, z the posterior mean, or with `rng` a draw of the
-  posterior `mean + std * noise`.
+def encode(ae, params, x: jax.Array, scale, *, noise: Optional[jax.Array] = None) -> jax.Array:
+  """Images -> scaled latents: `scale * z`, z the posterior mean, or with `noise` the posterior
+  draw `mean + std * noise`.
 
   Args:
     ae: the autoencoder.
     params: its params.
     x: images `[B, *ae.sample_shape]` in [-1, 1].
     scale: the scale factor (a float or a scalar array).
-    rng: a key for a posterior draw, or None for the mean.
+    noise: standard normal `[B, *ae.latent_shape]` for a posterior draw (keyed as the caller
+      needs, e.g. per example), or None for the mean.
 
   Returns:
     `f32[B, *ae.latent_shape]`.
   """
   mean, logvar = ae.encode(params, x)
-  z = mean
-  if rng is not None:
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+  z = mean if noise is None else mean + jnp.exp(0.5 * logvar) * noise
   return z * scale
+
+
+def noise_per_example(rng: jax.Array, index: jax.Array, shape) -> jax.Array:
+  """Standard normal draws `[B, *shape]` whose row i depends on `rng` and `index[i]` alone, so
+  an example draws the same whatever batch (or micro-batch) it is in."""
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)  # [B]
+  return jax.vmap(lambda key: jax.random.normal(key, tuple(shape)))(keys)
 
 
 def decode(ae, params, z: jax.Array, scale) -> jax.Array:

@@ -61,9 +61,12 @@ def test_bad_architecture_is_a_clear_error(overrides, message):
     models.create_autoencoder(**kwargs)
 
 
-def test_discriminator_too_deep_for_the_image():
+def test_discriminator_too_deep_for_the_image_or_bad_groups():
   with pytest.raises(ValueError, match=r"num_layers=3 leaves no patch of a 8x8 image"):
     models.create_discriminator(sample_shape=(8, 8, 1), num_layers=3)
+  with pytest.raises(ValueError, match=r"num_groups=3, must divide its channel counts \[16\]"):
+    models.create_discriminator(sample_shape=(8, 8, 1), base_channels=8, num_layers=1,
+                                num_groups=3)
 
 
 # --- the loss's terms against their definitions -----------------------------------------------
@@ -225,12 +228,17 @@ def test_encode_decode_apply_the_scale(tiny):
   def run(p):
     mean, _ = ae.encode(p, x)
     return (mean, latent.encode(ae, p, x, 0.5), latent.decode(ae, p, 0.5 * mean, 0.5),
-            ae.decode(p, mean), latent.encode(ae, p, x, 1.0, rng=jax.random.key(0)))
+            ae.decode(p, mean),
+            latent.encode(ae, p, x, 1.0, noise=latent.noise_per_example(
+                jax.random.key(0), jnp.arange(4), ae.latent_shape)),
+            latent.noise_per_example(jax.random.key(0), jnp.arange(4)[::-1], (3,)),
+            latent.noise_per_example(jax.random.key(0), jnp.arange(4), (3,)))
 
-  mean, scaled, decoded, reference, drawn = run(params["autoencoder"])
+  mean, scaled, decoded, reference, drawn, reversed_noise, noise = run(params["autoencoder"])
   np.testing.assert_allclose(scaled, 0.5 * mean, rtol=1e-6)
   np.testing.assert_allclose(decoded, reference, rtol=1e-5, atol=1e-6)
   assert np.abs(drawn - mean).max() > 1e-4  # a draw, not the mean
+  np.testing.assert_array_equal(reversed_noise, noise[::-1])  # row i is keyed on index i
 
 
 def test_downsample_mask_keeps_only_wholly_known_blocks():

@@ -349,6 +349,11 @@ def build_discriminator(sample_shape, fast, *, base_channels: int = 64, num_laye
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"discriminator {name} must be an int >= 1, got {value!r}")
   sample_shape = tuple(int(d) for d in sample_shape)
+  widths = [base_channels * min(2**i, 8) for i in range(1, num_layers + 1)]
+  bad = [w for w in widths if w % min(num_groups, w)]
+  if bad:
+    raise ValueError(f"the discriminator's GroupNorm groups, num_groups={num_groups}, must "
+                     f"divide its channel counts {widths}; they do not divide {bad}")
   size = min(sample_shape[:2]) // 2**num_layers  # 4x4 stride-2 convs, padding 1: floor(s / 2)
   if size - 2 < 1:  # then two 4x4 stride-1 convs with padding 1 take one pixel each
     raise ValueError(f"the discriminator's num_layers={num_layers} leaves no patch of a "

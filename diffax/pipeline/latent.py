@@ -3,10 +3,11 @@
 A run is a stage; a latent diffusion model composes two. `config.latent.autoencoder_workdir`
 names a finished `task = "autoencoder"` run. Its saved config gives the latent shape (checked
 against `config.data` and the U-Net before anything compiles), and its checkpoint's EMA params
-(`params["autoencoder"]`) are loaded, never trained again. Each training batch is encoded on the
-devices (`LatentSpace.encode_batch`: a draw of q(z | x) keyed on the step, or its mean), scaled
-by `config.latent.scale_factor`, and the U-Net is trained on those latents. Samples are decoded
-back to pixels.
+(`params["autoencoder"]`) are loaded, never trained again. They are the train step's frozen
+parameters: inside the step each micro-batch's images are encoded
+(`LatentSpace.preprocess`: a draw of q(z | x) keyed on the step and the example, or its mean)
+and scaled by `config.latent.scale_factor`, and the U-Net is trained on those latents. Samples
+are decoded back to pixels.
 
 Two settings are resolved when a run starts and saved in its config.json, so that a resumed run,
 scripts/sample.py and evaluation use the same latent space: `latent.autoencoder_step` (the
@@ -21,6 +22,7 @@ import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffax import autoencoder_loss
@@ -30,8 +32,9 @@ from diffax.pipeline import checkpoint
 from diffax.pipeline import parallel
 from diffax.pipeline.workdir import Workdir
 
-# fold_in(key(seed), SEED_STREAM): the posterior draws of training batches and of the scale
-# measurement (the run's other streams: 0 init, 1 train steps, 2 sample grids).
+# The posterior draws of a training step: fold_in(the step's key, SEED_STREAM); of the scale
+# measurement: fold_in(key(seed), SEED_STREAM) (the run's streams: 0 init, 1 train steps, 2
+# sample grids).
 SEED_STREAM = 3
 
 
@@ -107,15 +110,15 @@ class LatentSpace:
     self.scale_factor = scale_factor
     self.sample_posterior = sample_posterior
     self.mesh = mesh
-    stream = jax.random.fold_in(jax.random.key(seed), SEED_STREAM)
-    # The draws of training batch k: fold_in(train_rng, k); of the scale measurement: its own.
-    self._train_rng, self._measure_rng = (
-        parallel.replicate(jax.random.fold_in(stream, i), mesh) for i in range(2))
+    self._measure_rng = parallel.replicate(
+        jax.random.fold_in(jax.random.key(seed), SEED_STREAM), mesh)
     ae = autoencoder
 
-    def encode(p, x, scale, rng, step):
-      key = None if rng is None else jax.random.fold_in(rng, step)
-      return latent_lib.encode(ae, p, x, scale, rng=key)
+    def encode(p, x, scale, rng):
+      noise = None
+      if rng is not None:
+        noise = latent_lib.noise_per_example(rng, jnp.arange(x.shape[0]), ae.latent_shape)
+      return latent_lib.encode(ae, p, x, scale, noise=noise)
 
     self._encode = jax.jit(encode)
     self._decode = jax.jit(lambda p, z, scale: latent_lib.decode(ae, p, z, scale))
@@ -149,20 +152,25 @@ class LatentSpace:
       raise ValueError("the latent scale factor is not resolved yet (latent.resolve)")
     return np.float32(scale)
 
-  def encode(self, images, *, scale: Optional[float] = None) -> jax.Array:
-    """Images `[N, H, W, C]` in [-1, 1] -> scaled posterior means `[N, h, w, z]` (editing:
-    the latent of an image to inpaint or to SDEdit). `scale` defaults to the resolved one."""
-    return self._encode(self.params, self._place(images), self._scale(scale), None, 0)
+  def encode(self, images, *, scale: Optional[float] = None,
+             rng: Optional[jax.Array] = None) -> jax.Array:
+    """Images `[N, H, W, C]` in [-1, 1] -> scaled latents `[N, h, w, z]`: the posterior means
+    (editing: the latent of an image to inpaint or to SDEdit), or with `rng` posterior draws,
+    image i's keyed on fold_in(rng, i). `scale` defaults to the resolved one."""
+    return self._encode(self.params, self._place(images), self._scale(scale), rng)
 
-  def encode_batch(self, images, step: int, *, scale: Optional[float] = None,
-                   rng: Optional[jax.Array] = None) -> jax.Array:
-    """A training batch (global, sharded over the devices) -> its scaled latents, sharded
-    alike: draws of q(z | x) keyed on the seed and `step` alone, so a resumed run draws the
-    same (posterior means without `sample_posterior`). `rng` replaces the training draws'
-    key."""
-    rng = (self._train_rng if rng is None else rng) if self.sample_posterior else None
-    return self._encode(self.params, self._place(images), self._scale(scale), rng,
-                        np.int32(step))
+  def preprocess(self, frozen, batch: dict, rng: jax.Array) -> dict:
+    """Inside the train step (`step.make_train_step`'s preprocess): the micro-batch's images
+    -> their scaled latents, encoded with `frozen` (these params). With `sample_posterior`
+    each is a draw of q(z | x) keyed on the step's rng and the example's index in the global
+    batch, so resume and gradient accumulation draw the same; else the posterior mean."""
+    ae, x = self.autoencoder, batch["x"]
+    noise = None
+    if self.sample_posterior:
+      index = batch.get("index", jnp.arange(x.shape[0]))
+      noise = latent_lib.noise_per_example(jax.random.fold_in(rng, SEED_STREAM), index,
+                                           ae.latent_shape)
+    return dict(batch, x=latent_lib.encode(ae, frozen, x, self._scale(None), noise=noise))
 
   def decode(self, latents: jax.Array) -> jax.Array:
     """Scaled latents `[N, h, w, z]` -> images `[N, H, W, C]` (on the latents' devices)."""
@@ -177,7 +185,7 @@ class LatentSpace:
   def measure_scale_factor(self, config) -> float:
     """1 / the std of the latents of the first `config.latent.scale_examples` training images
     (at most the split, rounded down to a multiple of the device count), drawn as training
-    draws them (from a key of their own)."""
+    draws them (posterior draws from a key of their own)."""
     from diffax.pipeline import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     requested = config.latent.scale_examples
     count = min(int(requested), data.dataset_info(config).num_examples)
@@ -186,7 +194,8 @@ class LatentSpace:
       raise ValueError(f"config.latent.scale_examples={requested} must be at least 2 and the "
                        f"{self.mesh.size} device(s) (and the training split must hold them)")
     images = data.load_eval_images(config, count, split=config.data.split)["image"]
-    latents = self.encode_batch(images, 0, scale=1.0, rng=self._measure_rng)
+    rng = self._measure_rng if self.sample_posterior else None
+    latents = self.encode(images, scale=1.0, rng=rng)
     return latent_lib.scale_factor(parallel.to_host(latents))
 
 

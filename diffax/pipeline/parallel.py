@@ -142,7 +142,7 @@ def abstract_state(create_fn: Callable[..., Any], mesh: Mesh, *args) -> Any:
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def compile_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
+def compile_train_step(step_fn: Callable, mesh: Mesh, *, frozen: bool = False) -> Callable:
   """Jits `step_fn(state, batch, rng) -> (state, metrics)` for data parallelism on `mesh`.
 
   The state and rng are replicated, the batch sharded over 'data', the metrics come back
@@ -152,6 +152,8 @@ def compile_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
   Args:
     step_fn: the pure step from `diffax.pipeline.step.make_train_step`.
     mesh: the device mesh.
+    frozen: the step takes a fourth argument, the frozen parameters (replicated; None when
+      there are none): `step(state, batch, rng, frozen)`.
 
   Returns:
     The jitted step.
@@ -159,7 +161,7 @@ def compile_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
   repl = replicated(mesh)
   return jax.jit(
       step_fn,
-      in_shardings=(repl, batch_sharding(mesh), repl),
+      in_shardings=(repl, batch_sharding(mesh), repl) + ((repl,) if frozen else ()),
       out_shardings=(repl, repl),
       donate_argnums=(0,),
   )

@@ -121,9 +121,11 @@ def train_and_evaluate(config, workdir):
 
   # The step always drops a non-finite update (the state stays finite and one program serves
   # both modes); config.train.nonfinite decides in TrainLog whether the run then stops.
+  # Frozen parameters (a latent model's autoencoder) are the step's last argument.
   step_fn = parallel.compile_train_step(
-      step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True),
-      mesh)
+      step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True,
+                               preprocess=task.preprocess),
+      mesh, frozen=True)
   train_rng = parallel.replicate(train_rng, mesh)
   # The target's shardings place a checkpoint saved on other devices or hosts on these ones.
   state = ckpt.restore_or_init(lambda: parallel.create_sharded_state(create, mesh, init_rng),
@@ -143,7 +145,8 @@ def train_and_evaluate(config, workdir):
   batch = None
   if start_step < num_steps:
     batch = task.device_batch(next(batches), start_step, mesh)
-    step_fn = parallel.compile_now(step_fn, state, batch, train_rng, name="train_step")
+    step_fn = parallel.compile_now(step_fn, state, batch, train_rng, task.frozen,
+                                   name="train_step")
   log = TrainLog(workdir, start_step=start_step, num_steps=num_steps,
                  batch_size=t.batch_size, skip_nonfinite=t.nonfinite == "skip")
   try:
@@ -151,7 +154,7 @@ def train_and_evaluate(config, workdir):
       for step in range(start_step, num_steps):
         if step > start_step:  # the first batch was read to compile the step
           batch = task.device_batch(next(batches), step, mesh)
-        state, metrics = step_fn(state, batch, train_rng)
+        state, metrics = step_fn(state, batch, train_rng, task.frozen)
         log.add(metrics)
         done = step + 1
         stop = preemption.stop_requested(done)  # the same step on every process

@@ -14,6 +14,9 @@ has:
                                 resolves settings; returns the config the run saves
   device_batch(host_batch, step, mesh) -> batch   the data batch of training step `step`
                                 (host numpy) -> the loss's batch on the devices (sharded)
+  frozen, preprocess            parameters the task uses but does not train (a latent model's
+                                autoencoder; None if none) and `preprocess(frozen, batch, rng)`,
+                                run on each micro-batch inside the step (`step.make_train_step`)
   write_samples(workdir, step, params, mesh) -> path   pictures of progress (EMA params)
 
 Tasks: "diffusion" (pixel or latent diffusion: `config.latent`), "autoencoder" (the first

@@ -35,6 +35,7 @@ class AutoencoderTask:
     self.autoencoder = build.autoencoder(config)
     self.discriminator = build.discriminator(config)
     self.loss_fn = build.autoencoder_loss_fn(config, self.autoencoder, self.discriminator)
+    self.frozen = self.preprocess = None  # it trains all it uses
     self._held_out = None
 
   def init_fn(self, rng: jax.Array) -> dict:

@@ -1,9 +1,10 @@
 """The diffusion task: a denoiser trained on `config.data`, sampled with `config.sample`.
 
 In pixel space by default. With `config.latent.autoencoder_workdir` set it is latent diffusion
-(`diffax.pipeline.latent`): the network is built for the autoencoder's latents, each batch is
-encoded on the devices before the step, and the sample grids are decoded to pixels (their .npz
-holds the latents too). Conditioning, guidance and the step are the same either way.
+(`diffax.pipeline.latent`): the network is built for the autoencoder's latents, the frozen
+autoencoder's params are the step's `frozen` argument and its `preprocess` encodes each
+micro-batch inside the step, and the sample grids are decoded to pixels (their .npz holds the
+latents too). Conditioning, guidance and the loss are the same either way.
 """
 
 import jax
@@ -29,6 +30,8 @@ class DiffusionTask:
     self.init_fn = self.model.init_fn
     self.loss_fn = build.loss_fn(config, self.model, self.schedule)
     self.latent_space = None  # the frozen autoencoder, loaded by `prepare`
+    self.frozen = None        # its params: the train step's frozen argument
+    self.preprocess = None    # images -> latents inside the step
     self._request = None
 
   def loss_batch(self, host_batch: dict) -> dict:
@@ -39,12 +42,10 @@ class DiffusionTask:
     return batch
 
   def device_batch(self, host_batch: dict, step: int, mesh) -> dict:
-    """The loss's batch of training step `step` on the devices; a latent model's images are
-    encoded there (`LatentSpace.encode_batch`)."""
-    batch = parallel.shard_batch(self.loss_batch(host_batch), mesh)
-    if self.latent_space is not None:
-      batch["x"] = self.latent_space.encode_batch(batch["x"], step)
-    return batch
+    """The loss's batch of training step `step` on the devices (a latent model's images are
+    encoded in the step, by `preprocess`)."""
+    del step
+    return parallel.shard_batch(self.loss_batch(host_batch), mesh)
 
   def check(self) -> None:
     """Builds the sampler of the training grids now, so that a bad `config.sample` value fails
@@ -57,6 +58,7 @@ class DiffusionTask:
     if self.latent_shape is None:
       return self.config
     self.config, self.latent_space = latent.resolve(self.config, workdir, mesh)
+    self.frozen, self.preprocess = self.latent_space.params, self.latent_space.preprocess
     self._request = None
     space = self.latent_space
     h, w, z = space.shape
