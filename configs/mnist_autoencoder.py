@@ -23,8 +23,8 @@ def get_config(arg=None):
   c.data.channels = 1
   c.data.num_classes = 10
 
-  c.model.base_channels = 32
-  c.model.channel_mult = (1, 2, 2)  # f = 4: 28x28 -> 14x14 -> 7x7
+  c.model.base_channels = 16
+  c.model.channel_mult = (1, 2, 4)  # f = 4: 28x28 -> 14x14 -> 7x7
   c.model.num_res_blocks = 1
   c.model.latent_channels = 4
   c.model.mid_attention = True      # over the 7x7 positions
@@ -38,7 +38,7 @@ def get_config(arg=None):
   c.optim.learning_rate = 1e-3
   c.optim.ema_decay = 0.999
 
-  c.train.num_steps = 4000
+  c.train.num_steps = 3000
   c.train.batch_size = 64
   c.train.log_every = 100
   c.train.checkpoint_every = 1000

@@ -38,8 +38,8 @@ def get_config(arg=None):
   c.optim.warmup_steps = 500
   c.optim.ema_decay = 0.999
 
-  c.train.num_steps = 6000
-  c.train.batch_size = 128
+  c.train.num_steps = 5000
+  c.train.batch_size = 64
   c.train.log_every = 100
   c.train.checkpoint_every = 1000
   c.train.sample_every = 2500

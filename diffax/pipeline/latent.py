@@ -114,10 +114,11 @@ class LatentSpace:
         jax.random.fold_in(jax.random.key(seed), SEED_STREAM), mesh)
     ae = autoencoder
 
-    def encode(p, x, scale, rng):
+    def encode(p, x, scale, rng, first):
       noise = None
-      if rng is not None:
-        noise = latent_lib.noise_per_example(rng, jnp.arange(x.shape[0]), ae.latent_shape)
+      if rng is not None:  # image i of the call is example first + i
+        index = first + jnp.arange(x.shape[0])
+        noise = latent_lib.noise_per_example(rng, index, ae.latent_shape)
       return latent_lib.encode(ae, p, x, scale, noise=noise)
 
     self._encode = jax.jit(encode)
@@ -152,12 +153,13 @@ class LatentSpace:
       raise ValueError("the latent scale factor is not resolved yet (latent.resolve)")
     return np.float32(scale)
 
-  def encode(self, images, *, scale: Optional[float] = None,
-             rng: Optional[jax.Array] = None) -> jax.Array:
+  def encode(self, images, *, scale: Optional[float] = None, rng: Optional[jax.Array] = None,
+             first: int = 0) -> jax.Array:
     """Images `[N, H, W, C]` in [-1, 1] -> scaled latents `[N, h, w, z]`: the posterior means
     (editing: the latent of an image to inpaint or to SDEdit), or with `rng` posterior draws,
-    image i's keyed on fold_in(rng, i). `scale` defaults to the resolved one."""
-    return self._encode(self.params, self._place(images), self._scale(scale), rng)
+    image i's keyed on fold_in(rng, first + i). `scale` defaults to the resolved one."""
+    return self._encode(self.params, self._place(images), self._scale(scale), rng,
+                        np.int32(first))
 
   def preprocess(self, frozen, batch: dict, rng: jax.Array) -> dict:
     """Inside the train step (`step.make_train_step`'s preprocess): the micro-batch's images
@@ -185,7 +187,8 @@ class LatentSpace:
   def measure_scale_factor(self, config) -> float:
     """1 / the std of the latents of the first `config.latent.scale_examples` training images
     (at most the split, rounded down to a multiple of the device count), drawn as training
-    draws them (posterior draws from a key of their own)."""
+    draws them (posterior draws from a key of their own), encoded `config.train.batch_size`
+    at a time."""
     from diffax.pipeline import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     requested = config.latent.scale_examples
     count = min(int(requested), data.dataset_info(config).num_examples)
@@ -195,8 +198,10 @@ class LatentSpace:
                        f"{self.mesh.size} device(s) (and the training split must hold them)")
     images = data.load_eval_images(config, count, split=config.data.split)["image"]
     rng = self._measure_rng if self.sample_posterior else None
-    latents = self.encode(images, scale=1.0, rng=rng)
-    return latent_lib.scale_factor(parallel.to_host(latents))
+    chunk = config.train.batch_size
+    latents = [parallel.to_host(self.encode(images[i:i + chunk], scale=1.0, rng=rng, first=i))
+               for i in range(0, count, chunk)]
+    return latent_lib.scale_factor(np.concatenate(latents))
 
 
 def load(config, mesh, *, scale_factor: Optional[float] = None,

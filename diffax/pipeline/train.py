@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: one stage of training, config in, workdir out.
 
-config -> checks -> the task (network, loss, sampler) -> data iterator (host numpy) ->
-`parallel.shard_batch` -> jitted, data-parallel `step(state, batch, rng)` -> `TrainLog`
+config -> checks -> the task (network, loss, sampler; `prepare` loads what it uses frozen,
+e.g. a latent model's autoencoder) -> data iterator (host numpy) -> `task.device_batch` ->
+jitted, data-parallel `step(state, batch, rng, frozen)` -> `TrainLog`
 (progress bar, metrics.jsonl, TensorBoard) -> Orbax checkpoints every `checkpoint_every` steps
 -> sample grids from the EMA params every `sample_every` steps.
 
