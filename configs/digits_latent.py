@@ -7,6 +7,14 @@ Run:
       --config.latent.autoencoder_workdir=workdirs/digits_ae
   python scripts/sample.py --workdir=workdirs/digits_latent --out=workdirs/digits_latent/s.png
 
+Measured on this machine (2 shared cores, load average 10-13 from other jobs), commit 68dcbde,
+on the autoencoder of configs/digits_autoencoder.py: 3,500 steps in 894 s of wall time; scale
+factor 0.166 (measured, saved in config.json). Judged by a logistic regression fit on the 1,500
+training digits (92 % right on the 297 real test digits), 100 samples with labels i % 10
+(DPM-Solver++(2M), 25 Karras steps): at guidance 3, 99 % are read as the requested digit; at
+guidance 0 (unconditional), 12 % (chance: 10 %) and every class appears (4 to 14 times per 100).
+`python benchmarks/latent_quality.py --latent=workdirs/digits_latent` reproduces these.
+
 Variants (`--config=configs/digits_latent.py:smoke`): `smoke` shrinks everything to a
 seconds-long run.
 """
