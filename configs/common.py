@@ -65,10 +65,10 @@ def base_config():
   c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = "cosine"   # "linear" | "cosine"
+  c.diffusion.schedule = "cosine"   # "linear" | "cosine" | "scaled_linear"
   c.diffusion.num_steps = 1000
-  c.diffusion.beta_start = 1e-4     # linear schedule only
-  c.diffusion.beta_end = 0.02       # linear schedule only
+  c.diffusion.beta_start = 1e-4     # linear and scaled_linear schedules only
+  c.diffusion.beta_end = 0.02       # linear and scaled_linear schedules only
   c.diffusion.prediction = "eps"    # "eps" | "x0" | "v"
   c.diffusion.loss_weighting = "none"   # "none" | "min_snr"
   c.diffusion.min_snr_gamma = 5.0

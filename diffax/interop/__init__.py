@@ -1,6 +1,7 @@
 """Weights in from other ecosystems: plain `{name: numpy array}` state dicts, no torch needed.
 
   apply_fn, params = diffax.interop.unet_from_diffusers(dict(model.config), state_dict)
+  config, state_dict = diffax.interop.unet_to_diffusers(arch, params)   # and back out
 
 The diffax network a checkpoint describes is built with `diffax.models.create` and the weights
 are renamed and transposed onto it (NCHW -> NHWC, OIHW -> HWIO, [out, in] -> [in, out]).
@@ -9,5 +10,6 @@ compare outputs.
 """
 
 from diffax.interop.diffusers_unet import unet_from_diffusers
+from diffax.interop.diffusers_unet import unet_to_diffusers
 
-__all__ = ["unet_from_diffusers"]
+__all__ = ["unet_from_diffusers", "unet_to_diffusers"]
