@@ -99,6 +99,12 @@ def base_config():
   c.train.max_steps_ahead = 0       # dispatched steps the loop may run ahead of the finished
                                     # ones: a stop takes at most 1 + this many steps + the save
 
+  # Devices: the mesh is ('data', 'fsdp'); the batch is split over every device, and the train
+  # state (parameters, EMA, optimizer moments) over the 'fsdp' axis when it is > 1 (fully
+  # sharded data parallelism: each device holds 1/fsdp of every large array).
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.fsdp = 1               # must divide the number of devices
+
   # Multi-host (TPU pods, several GPU hosts). Left as None, the first three come from
   # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; with none of them set and
   # cluster "", the run is a single process.

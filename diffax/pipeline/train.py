@@ -101,7 +101,7 @@ def train_and_evaluate(config, workdir):
   checks.check(config)
   initialize_distributed(config)
   compilation_cache.enable()
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh(fsdp=config.parallel.fsdp)
   check_loop_options(config, mesh)
   task = tasks.create(config)
   task.check_sampling()
@@ -120,23 +120,27 @@ def train_and_evaluate(config, workdir):
     workdir.save_config(config)
   ckpt = checkpoint.from_config(config, workdir)
 
+  # The target's shardings place a checkpoint saved on other devices, hosts or meshes on these.
+  target = parallel.abstract_state(create, mesh, init_rng)
   # The step always drops a non-finite update (the state stays finite and one program serves
   # both modes); config.train.nonfinite decides in TrainLog whether the run then stops.
   step_fn = parallel.compile_train_step(
       step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True),
-      mesh)
+      mesh, target)
   train_rng = parallel.replicate(train_rng, mesh)
-  # The target's shardings place a checkpoint saved on other devices or hosts on these ones.
   state = ckpt.restore_or_init(lambda: parallel.create_sharded_state(create, mesh, init_rng),
-                               target=parallel.abstract_state(create, mesh, init_rng))
+                               target=target)
   if int(state.step) != start_step:  # the newest checkpoint was corrupt: an older one restored
     start_step = int(state.step)
     batches = open_batches(start_step)
   num_steps = config.train.num_steps
   t = config.train
+  fsdp = mesh.shape[parallel.FSDP_AXIS]
   report(f"{'resuming' if start_step else 'starting'} {workdir} at step {start_step} of "
          f"{num_steps}: {models.count_params(state.params):,} parameters, {mesh.size} "
-         f"device(s) in {jax.process_count()} process(es), batch {t.batch_size} "
+         f"device(s) in {jax.process_count()} process(es)"
+         + (f", state sharded over {fsdp} (FSDP)" if fsdp > 1 else "")
+         + f", batch {t.batch_size} "
          f"({t.batch_size // jax.process_count()} per process"
          + (f", {t.grad_accum_steps} micro-batches" if t.grad_accum_steps > 1 else "")
          + f"), {config.model.dtype} compute")
