@@ -116,8 +116,8 @@ def _one_process_run(workdir, monkeypatch):
 
   monkeypatch.setattr(data, "create_iterator", both_shards)
   monkeypatch.setattr(parallel, "create_mesh",
-                      lambda devices=None: real_mesh(jax.devices()[:4] if devices is None
-                                                     else devices))
+                      lambda devices=None, fsdp=1: real_mesh(
+                          jax.devices()[:4] if devices is None else devices, fsdp=fsdp))
   config = digits.get_config("smoke")
   config.update_from_flattened_dict(dict(OVERRIDES, **{"train.checkpoint_every": RESUME_AT,
                                                         "train.num_steps": REFERENCE_STEPS}))
