@@ -1,6 +1,7 @@
 """Weights in from other ecosystems: plain `{name: numpy array}` state dicts, no torch needed.
 
   apply_fn, params = diffax.interop.unet_from_diffusers(dict(model.config), state_dict)
+  variables = diffax.interop.inception_from_torch(state_dict)   # pytorch-fid's FID Inception
 
 The diffax network a checkpoint describes is built with `diffax.models.create` and the weights
 are renamed and transposed onto it (NCHW -> NHWC, OIHW -> HWIO, [out, in] -> [in, out]).
@@ -9,5 +10,6 @@ compare outputs.
 """
 
 from diffax.interop.diffusers_unet import unet_from_diffusers
+from diffax.interop.pytorch_fid import inception_from_torch
 
-__all__ = ["unet_from_diffusers"]
+__all__ = ["inception_from_torch", "unet_from_diffusers"]
