@@ -7,9 +7,10 @@ Draws --num_samples images from the newest checkpoint's EMA params with every sa
 space of the run's feature classifier (trained into <workdir>/eval/classifier first if there is
 none; configs/classifier.py) or, with --inception_weights=pt_inception-2015-12-05-6726825d.pth
 (pytorch-fid's file), of the FID Inception. With --ideal (default), the same sweep runs on the
-ideal denoiser of the training split, which has no network error. Writes
-<workdir>/eval/sweep.jsonl and sweep.md and prints the table; --bits_per_dim=N adds the
-variational bound on N held-out images (-1: all) to <workdir>/eval/bits_per_dim.json.
+ideal denoiser of the training split, which has no network error (--network=false leaves the
+run's network out). Writes <workdir>/eval/sweep.jsonl and sweep.md (--table names them) and
+prints the table; --bits_per_dim=N adds the variational bound on N held-out images (-1: all)
+to <workdir>/eval/bits_per_dim.json.
 
 A bad flag or workdir is one line on stderr and exit status 1 (--debug shows the traceback).
 """
@@ -46,8 +47,9 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Images per row (defaul
                                     "config.eval.num_samples).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per sampler call (default: "
                                    "config.eval.batch_size).")
-_IDEAL = flags.DEFINE_bool("ideal", True, "Also sweep the ideal denoiser of the training split "
-                           "(no network error).")
+_NETWORK = flags.DEFINE_bool("network", True, "Sweep the run's network (its EMA params).")
+_IDEAL = flags.DEFINE_bool("ideal", True, "Sweep the ideal denoiser of the training split (no "
+                           "network error), beside uniform draws of training images.")
 _INCEPTION = flags.DEFINE_string("inception_weights", None, "pytorch-fid's weights file "
                                  "(pt_inception-2015-12-05-6726825d.pth, or its converted .npz):"
                                  " FID/KID with Inception features instead of the classifier's.")
@@ -57,6 +59,8 @@ _CLASSIFIER = flags.DEFINE_string("classifier_workdir", None, "The feature class
 _BPD = flags.DEFINE_integer("bits_per_dim", 0, "Held-out images to compute bits per dimension "
                             "on (T model evaluations each); -1: all; 0: skip.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sample i depends on the seed and i alone.")
+_TABLE = flags.DEFINE_string("table", "sweep", "The table's name: <workdir>/eval/<table>.jsonl "
+                             "and .md.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -89,10 +93,13 @@ def parse_steps(values, num_train_steps: int) -> list[int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sweeping = _NETWORK.value or _IDEAL.value
+  if not (sweeping or _BPD.value):
+    raise ValueError("--network=false --ideal=false and no --bits_per_dim: nothing to do")
   workdir = Workdir(_WORKDIR.value)
   config = workdir.load_config(defaults=common.base_config())
-  samplers = parse_samplers(_SAMPLERS.value)
-  steps = parse_steps(_STEPS.value, config.diffusion.num_steps)
+  parse_samplers(_SAMPLERS.value)  # bad flags fail before anything loads
+  parse_steps(_STEPS.value, config.diffusion.num_steps)
   if checkpoint.latest_step_in(workdir.checkpoints) is None:
     raise FileNotFoundError(f"no checkpoint in {workdir.checkpoints}: train first, or check "
                             f"--workdir")
@@ -113,21 +120,8 @@ def main(argv):
   compilation_cache.enable()
   parallel.initialize_distributed()
   mesh = parallel.create_mesh()
-  judge = evaluate.Judge.create(config, workdir, mesh)
-  rows = sweep.sweep(workdir, config, mesh, judge=judge, samplers=samplers, steps=steps,
-                     num_samples=config.eval.num_samples, batch_size=config.eval.batch_size,
-                     ideal=_IDEAL.value, seed=_SEED.value)
-  notes = [f"{config.eval.num_samples} samples per row (seed {_SEED.value}), checkpoint step "
-           f"{rows[-1]['checkpoint_step']}; the first row is real held-out data "
-           f"({judge.floor['num_samples']} images of split {config.eval.heldout_split!r}) "
-           f"against the reference split {config.eval.reference_split!r}."]
-  warning = rows[-1].get("warning")
-  if warning:
-    notes.append(f"Warning: {warning}.")
-  jsonl, md = sweep.write_table(workdir, rows, notes="\n".join(notes),
-                                features=judge.distance_net.name)
-  print(sweep.markdown(rows, features=judge.distance_net.name) + "\n" + "\n".join(notes))
-  print(f"wrote {jsonl} and {md}")
+  if sweeping:
+    run_sweep(workdir, config, mesh)
   if _BPD.value:
     result = likelihood.bits_per_dim(workdir, config, mesh,
                                      num_images=None if _BPD.value < 0 else _BPD.value,
@@ -136,6 +130,31 @@ def main(argv):
           f"on {result['num_images']} images of split {result['split']!r} (prior "
           f"{result['prior']:.4f}, diffusion {result['diffusion']:.3f}, decoder "
           f"{result['decoder']:.3f}); wrote {workdir.eval_file('bits_per_dim.json')}")
+
+
+def run_sweep(workdir, config, mesh):
+  """The sweep of the flags' samplers x steps; prints and writes its table."""
+  samplers = parse_samplers(_SAMPLERS.value)
+  steps = parse_steps(_STEPS.value, config.diffusion.num_steps)
+  judge = evaluate.Judge.create(config, workdir, mesh)
+  rows = sweep.sweep(workdir, config, mesh, judge=judge, samplers=samplers, steps=steps,
+                     num_samples=config.eval.num_samples, batch_size=config.eval.batch_size,
+                     network=_NETWORK.value, ideal=_IDEAL.value, seed=_SEED.value)
+  notes = [f"{config.eval.num_samples} samples per row (seed {_SEED.value}), checkpoint step "
+           f"{rows[-1]['checkpoint_step']}, compared with the split "
+           f"{config.eval.reference_split!r}. The first row is the real-vs-real floor: "
+           f"{judge.floor['num_samples']} held-out images (split "
+           f"{config.eval.heldout_split!r})."]
+  if _IDEAL.value:
+    notes.append("'real (training draws)' is uniform draws of reference images: what a "
+                 "perfect sampler of the ideal denoiser gives.")
+  warning = rows[-1].get("warning")
+  if warning:
+    notes.append(f"Warning: {warning}.")
+  jsonl, md = sweep.write_table(workdir, rows, name=_TABLE.value, notes="\n".join(notes),
+                                features=judge.distance_net.name)
+  print(sweep.markdown(rows, features=judge.distance_net.name) + "\n" + "\n".join(notes))
+  print(f"wrote {jsonl} and {md}")
 
 
 if __name__ == "__main__":

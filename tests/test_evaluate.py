@@ -73,8 +73,9 @@ def test_evaluate_script_prints_the_sweep_beside_the_floor(digits_cond_run, clas
   with open(jsonl, encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   assert [(r["model"], r["steps"]) for r in rows] == [
-      ("real (held-out)", None), ("network", 4), ("network", 8), ("ideal", 4), ("ideal", 8)]
-  network, ideal = rows[1:3], rows[3:]
+      ("real (held-out)", None), ("real (training draws)", None), ("network", 4),
+      ("network", 8), ("ideal", 4), ("ideal", 8)]
+  network, ideal = rows[2:4], rows[4:]
   assert network[0]["compile_s"] > 0.5 and network[1]["compile_s"] < 0.1 * network[0][
       "compile_s"]  # one compile per sampler: 8 steps reuse the program of 4
   assert all(r["memorized"] == 1.0 for r in ideal)  # the ideal denoiser returns training images

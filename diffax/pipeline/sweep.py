@@ -18,6 +18,7 @@ import time
 from typing import Optional, Sequence
 
 import jax
+import numpy as np
 
 from diffax import models
 from diffax.evaluation import ideal_denoiser
@@ -68,7 +69,7 @@ def _ideal_model(net: models.Model, judge: evaluate.Judge, noise_schedule, mesh)
 def sweep(workdir: Workdir, config, mesh, *, judge: evaluate.Judge,
           samplers: Sequence[tuple[str, str]] = DEFAULT_SAMPLERS,
           steps: Sequence[int] = DEFAULT_STEPS, num_samples: int = 500,
-          batch_size: int = 100, ideal: bool = False, seed: int = 0,
+          batch_size: int = 100, network: bool = True, ideal: bool = False, seed: int = 0,
           progress: bool = True) -> list[dict]:
   """Scores samples of every sampler x number of steps; see the module docstring.
 
@@ -81,20 +82,29 @@ def sweep(workdir: Workdir, config, mesh, *, judge: evaluate.Judge,
     steps: numbers of steps, each run by every sampler.
     num_samples: images per row.
     batch_size: images per sampler call.
-    ideal: also sweep the ideal denoiser of the reference split.
+    network: sweep the run's network (its EMA params).
+    ideal: sweep the ideal denoiser of the reference split, and score `num_samples` uniform
+      draws from that split (the ideal samples' own floor: a perfect sampler's numbers).
     seed: sample i depends on it and i alone.
     progress: print each row as it is done.
 
   Returns:
-    The rows: first the real-vs-real floor, then one per model x sampler x steps.
+    The rows: first the real-vs-real floor (and the training draws with `ideal`), then one per
+    model x sampler x steps.
   """
   net, noise_schedule = build.model(config), build.schedule(config)
   params, step = sample_lib.load_ema_params(workdir, config, net, mesh=mesh)
-  floor = dict(judge.floor, model="real (held-out)", sampler="", spacing="", steps=None,
-               model_calls=None)
-  rows = [floor]
-  candidates = [("network", net, params, config.diffusion.prediction)]
+  blank = dict(sampler="", spacing="", steps=None, model_calls=None)
+  rows = [dict(judge.floor, model="real (held-out)", **blank)]
+  candidates = []
+  if network:
+    candidates.append(("network", net, params, config.diffusion.prediction))
   if ideal:
+    draws = np.random.default_rng(seed).integers(0, len(judge.reference_images), num_samples)
+    conditional = "label" in net.cond_keys
+    rows.append(dict(judge(judge.reference_images[draws],
+                           judge.reference_labels[draws] if conditional else None,
+                           nearest=True), model="real (training draws)", **blank))
     candidates.append(("ideal", *_ideal_model(net, judge, noise_schedule, mesh), "x0"))
   rng = jax.random.key(seed)
   for model_name, model, model_params, prediction in candidates:
