@@ -131,6 +131,27 @@ def base_config():
   c.sample.threshold = 0.0          # Imagen dynamic thresholding percentile; 0 disables it
   c.sample.num_images = 64
   c.sample.batch_size = 64
+
+  # Evaluation of sample quality (diffax.pipeline.evaluate), during training every `every`
+  # steps and at the last step (0: off), and the defaults of scripts/evaluate.py.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0
+  c.eval.num_samples = 500          # FD is biased upward at few samples (Inception: >= 2,048)
+  c.eval.batch_size = 100
+  c.eval.sampler = "ddim"           # the other sampling settings are config.sample's
+  c.eval.num_steps = 50
+  c.eval.spacing = "linspace"
+  c.eval.metrics = ("fd", "kid", "classes")  # "classes": coverage (+ accuracy if conditional)
+  c.eval.features = "classifier"    # of FD/KID: "classifier" (trained on the data, no
+                                    # download) | "inception" (FID/KID; needs inception_weights)
+  c.eval.classifier = placeholder(ml_collections.ConfigDict)  # the recipe of
+                                    # configs/classifier.py, trained when classifier_workdir
+                                    # holds no classifier
+  c.eval.classifier_workdir = placeholder(str)  # None: <workdir>/eval/classifier
+  c.eval.inception_weights = placeholder(str)   # pytorch-fid's pt_inception-2015-12-05-*.pth
+  c.eval.reference_split = "train"  # the real data the samples are compared with
+  c.eval.heldout_split = "test"     # real data unseen in training: the real-vs-real floor
+  c.eval.seed = 0                   # sample i of an evaluation depends on it and i alone
   return c
 
 
@@ -152,4 +173,5 @@ def smoke(c):
   c.sample.num_steps = 10
   c.sample.num_images = 16
   c.sample.batch_size = 16
+  c.eval.every = 0
   return c

@@ -116,6 +116,9 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
     _configure_array_handler()
+    directory = os.fspath(directory)
+    if "://" not in directory:  # Orbax 0.12.8 refuses to save under a relative path
+      directory = os.path.abspath(directory)
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,

@@ -140,6 +140,30 @@ def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(place, host_batch)
 
 
+def shard_padded(host_array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds whole, as a global `jax.Array` sharded over 'data'
+  (each process places only its devices' rows), its leading axis padded to a multiple of the
+  device count by repeating the last row. Callers drop the padding from the result."""
+  x = np.asarray(host_array)
+  pad = -len(x) % mesh.size
+  if pad:
+    x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+  return jax.make_array_from_callback(x.shape, batch_sharding(mesh), lambda index: x[index])
+
+
+def map_batches(fn: Callable, params: Any, host_array: np.ndarray, mesh: Mesh, *,
+                batch_size: int) -> Any:
+  """`fn(params, batch)` over `host_array` in batches of `batch_size`, each split over the
+  mesh (`shard_padded`); the outputs (a pytree of `[B, ...]` arrays; None leaves stay None)
+  gathered to the host and concatenated, padding dropped."""
+  outs = []
+  for start in range(0, len(host_array), batch_size):
+    chunk = host_array[start:start + batch_size]
+    out = fn(params, shard_padded(chunk, mesh))
+    outs.append(jax.tree.map(lambda a, n=len(chunk): to_host(a)[:n], out))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree (e.g. the base rng), identical on every process, on every device.
 

@@ -3,7 +3,8 @@
 config -> checks -> the task (network, loss, sampler) -> data iterator (host numpy) ->
 `parallel.shard_batch` -> jitted, data-parallel `step(state, batch, rng)` -> `TrainLog`
 (progress bar, metrics.jsonl, TensorBoard) -> Orbax checkpoints every `checkpoint_every` steps
--> sample grids from the EMA params every `sample_every` steps.
+-> sample grids from the EMA params every `sample_every` steps -> the task's evaluation
+every `config.eval.every` steps (`evaluate`: metrics.jsonl, TensorBoard and eval/).
 
 A run resumes from the newest intact checkpoint in `workdir`. Its data order and randomness are
 functions of the step, so a resumed run logs the same losses as an uninterrupted one.
@@ -116,6 +117,9 @@ def train_and_evaluate(config, workdir):
   create = lambda rng: state_lib.create_train_state(task.model.init_fn, tx, rng)
   start_step = checkpoint.latest_step_in(workdir.checkpoints) or 0
   batches = open_batches(start_step)  # opens (and checks) the data before anything is written
+  # Sample quality every config.eval.every steps (None when off); may train the feature
+  # classifier first, so it runs before this run's progress bar.
+  evaluate = task.evaluator(workdir, mesh) if start_step < config.train.num_steps else None
   if jax.process_index() == 0:
     workdir.save_config(config)
   ckpt = checkpoint.from_config(config, workdir)
@@ -173,7 +177,10 @@ def train_and_evaluate(config, workdir):
           break
         if is_last or (t.sample_every and done % t.sample_every == 0):
           path = task.write_samples(workdir, done, state.ema_params, mesh)
-          report(f"step {done}: samples in {path}")
+          if path:
+            report(f"step {done}: samples in {path}")
+        if evaluate is not None and (is_last or done % config.eval.every == 0):
+          log.write_scalars(done, evaluate(done, state.ema_params))
   finally:
     log.close()
     ckpt.close()  # waits for an async save in flight: a finished run leaves complete checkpoints

@@ -10,12 +10,14 @@ every task. A task has:
   loss_fn(params, batch, rng) -> (loss, aux)
   loss_batch(host_batch) -> batch      a data batch (host numpy) -> the loss's batch
   write_samples(workdir, step, params, mesh)   pictures of progress (EMA params), process 0
+  evaluator(workdir, mesh) -> None or evaluate(step, params) -> scalars   (config.eval)
 """
 
+from diffax.pipeline.tasks import classifier
 from diffax.pipeline.tasks import diffusion
 
 # config.task -> the task class, built as cls(config).
-TASKS = {"diffusion": diffusion.DiffusionTask}
+TASKS = {"diffusion": diffusion.DiffusionTask, "classifier": classifier.ClassifierTask}
 
 
 def create(config):

@@ -29,8 +29,20 @@ class DiffusionTask:
 
   def check_sampling(self) -> None:
     """Builds the sampler of the training grids now, so that a bad `config.sample` value fails
-    before anything compiles."""
+    before anything compiles; likewise `config.eval` when evaluation is on."""
     self.sample_request(mesh=None)
+    if self.config.eval.every:
+      from diffax.pipeline import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+      evaluate.check_config(self.config)
+
+  def evaluator(self, workdir: Workdir, mesh):
+    """`evaluate(step, ema_params) -> scalars` of `config.eval` (`evaluate.TrainingEvaluator`;
+    it trains the feature classifier first if it must), or None when `config.eval.every` is 0.
+    """
+    if not self.config.eval.every:
+      return None
+    from diffax.pipeline import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    return evaluate.TrainingEvaluator(self.config, workdir, mesh, self.model, self.schedule)
 
   def sample_request(self, mesh) -> sample_lib.Request:
     s = self.config.sample
