@@ -65,10 +65,10 @@ def base_config():
   c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = "cosine"   # "linear" | "cosine"
+  c.diffusion.schedule = "cosine"   # "linear" | "cosine" | "scaled_linear"
   c.diffusion.num_steps = 1000
-  c.diffusion.beta_start = 1e-4     # linear schedule only
-  c.diffusion.beta_end = 0.02       # linear schedule only
+  c.diffusion.beta_start = 1e-4     # linear and scaled_linear schedules only
+  c.diffusion.beta_end = 0.02       # linear and scaled_linear schedules only
   c.diffusion.prediction = "eps"    # "eps" | "x0" | "v"
   c.diffusion.loss_weighting = "none"   # "none" | "min_snr"
   c.diffusion.min_snr_gamma = 5.0
@@ -96,6 +96,14 @@ def base_config():
                                     # of batch_size / k (lax.scan), then makes one update
   c.train.nonfinite = "stop"        # NaN/inf loss or gradient: "stop" the run (nothing of that
                                     # state is saved) | "skip" the update (logged: skipped_steps)
+  c.train.max_steps_ahead = 0       # dispatched steps the loop may run ahead of the finished
+                                    # ones: a stop takes at most 1 + this many steps + the save
+
+  # Devices: the mesh is ('data', 'fsdp'); the batch is split over every device, and the train
+  # state (parameters, EMA, optimizer moments) over the 'fsdp' axis when it is > 1 (fully
+  # sharded data parallelism: each device holds 1/fsdp of every large array).
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.fsdp = 1               # must divide the number of devices
 
   # Multi-host (TPU pods, several GPU hosts). Left as None, the first three come from
   # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; with none of them set and
@@ -123,6 +131,27 @@ def base_config():
   c.sample.threshold = 0.0          # Imagen dynamic thresholding percentile; 0 disables it
   c.sample.num_images = 64
   c.sample.batch_size = 64
+
+  # Evaluation of sample quality (diffax.pipeline.evaluate), during training every `every`
+  # steps and at the last step (0: off), and the defaults of scripts/evaluate.py.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0
+  c.eval.num_samples = 500          # FD is biased upward at few samples (Inception: >= 2,048)
+  c.eval.batch_size = 100
+  c.eval.sampler = "ddim"           # the other sampling settings are config.sample's
+  c.eval.num_steps = 50
+  c.eval.spacing = "linspace"
+  c.eval.metrics = ("fd", "kid", "classes")  # "classes": coverage (+ accuracy if conditional)
+  c.eval.features = "classifier"    # of FD/KID: "classifier" (trained on the data, no
+                                    # download) | "inception" (FID/KID; needs inception_weights)
+  c.eval.classifier = placeholder(ml_collections.ConfigDict)  # the recipe of
+                                    # configs/classifier.py, trained when classifier_workdir
+                                    # holds no classifier
+  c.eval.classifier_workdir = placeholder(str)  # None: <workdir>/eval/classifier
+  c.eval.inception_weights = placeholder(str)   # pytorch-fid's pt_inception-2015-12-05-*.pth
+  c.eval.reference_split = "train"  # the real data the samples are compared with
+  c.eval.heldout_split = "test"     # real data unseen in training: the real-vs-real floor
+  c.eval.seed = 0                   # sample i of an evaluation depends on it and i alone
 
   # Latent diffusion (Rombach et al. 2022): train and sample the denoiser in the latent space
   # of a trained autoencoder (a run of configs/*_autoencoder.py). None: pixel space.
@@ -205,6 +234,7 @@ def smoke(c):
   c.sample.num_steps = 10
   c.sample.num_images = 16
   c.sample.batch_size = 16
+  c.eval.every = 0
   return c
 
 

@@ -112,12 +112,34 @@ DIGITS_COND_OVERRIDES = (
     "--config.sample.batch_size=20", "--config.sample.num_steps=20")
 
 
+# configs/classifier.py at test size: the feature classifier of the evaluation tests.
+CLASSIFIER_OVERRIDES = {"train.num_steps": 150, "train.batch_size": 64,
+                        "train.checkpoint_every": 150, "train.log_every": 50, "eval.every": 75,
+                        "optim.warmup_steps": 20}
+
+
 @pytest.fixture(scope="session")
-def digits_cond_run(tmp_path_factory):
-  """The workdir of configs/digits_cond.py trained for 300 steps by scripts/train.py."""
+def classifier_run(tmp_path_factory):
+  """The workdir of configs/classifier.py (digits) trained for 150 steps."""
+  from configs import classifier  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("digits_classifier")
+  config = classifier.get_config()
+  config.update_from_flattened_dict(CLASSIFIER_OVERRIDES)
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_cond_run(tmp_path_factory, classifier_run):
+  """The workdir of configs/digits_cond.py trained for 300 steps by scripts/train.py, its
+  samples evaluated at steps 150 and 300 in `classifier_run`'s feature space."""
   workdir = tmp_path_factory.mktemp("digits_cond")
   result = run_script("train", f"--config={REPO}/configs/digits_cond.py",
-                      f"--workdir={workdir}", *DIGITS_COND_OVERRIDES)
+                      f"--workdir={workdir}", *DIGITS_COND_OVERRIDES,
+                      "--config.eval.every=150", "--config.eval.num_samples=100",
+                      "--config.eval.batch_size=50", "--config.eval.num_steps=10",
+                      f"--config.eval.classifier_workdir={classifier_run}")
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 

@@ -283,3 +283,29 @@ def test_cli_names_a_missing_autoencoder_on_one_line(tmp_path):
   assert lines[0].startswith("error: config.latent.autoencoder_workdir=") and (
       "does not exist" in lines[0])
   assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_script_scores_the_decoded_samples(digits_latent_run, classifier_run):
+  """scripts/evaluate.py on a latent run judges pixels: the sampler draws latents, the
+  autoencoder decodes them, and the classifier's feature distance sees digits of every class
+  (undecoded latents would not even fit the classifier). The ideal denoiser and bits/dim are
+  of pixel data: asked for on a latent run, each is one line."""
+  common_flags = [f"--workdir={digits_latent_run}", f"--classifier_workdir={classifier_run}",
+                  "--num_samples=60", "--batch_size=30"]
+  for flag in ("--ideal", "--bits_per_dim=8"):
+    refused = run_script("evaluate", *common_flags, "--network=false", flag)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr[-2000:]
+    assert lines[0].startswith("error: ") and "latent" in lines[0], lines[0]
+  result = run_script("evaluate", *common_flags, "--samplers=dpmpp_2m:karras", "--steps=10",
+                      "--table=latent")
+  assert result.returncode == 0, script_failure(result)
+  jsonl, _ = Workdir(digits_latent_run).eval_table("latent")
+  with open(jsonl, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["model"] for r in rows] == ["real (held-out)", "network"]
+  floor, network = rows
+  print(f"latent run: FD {network['fd']:.2f} (floor {floor['fd']:.2f}), coverage "
+        f"{network['coverage']:.3f}, accuracy {network.get('accuracy')}")
+  assert network["coverage"] > 0.8
+  assert network["fd"] < 5 * floor["fd"] + 5.0

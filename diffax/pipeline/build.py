@@ -35,8 +35,8 @@ def schedule(config) -> schedules.Schedule:
     raise ValueError(f"config.diffusion.schedule={d.schedule!r} is unknown; choose one of "
                      f"{sorted(schedules.SCHEDULES)}")
   with section("config.diffusion"):
-    if d.schedule == "linear":
-      return schedules.linear(d.num_steps, d.beta_start, d.beta_end)
+    if d.schedule in ("linear", "scaled_linear"):
+      return schedules.SCHEDULES[d.schedule](d.num_steps, d.beta_start, d.beta_end)
     return schedules.cosine(d.num_steps)
 
 

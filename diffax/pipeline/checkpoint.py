@@ -51,11 +51,32 @@ class CheckpointSaveError(RuntimeError):
   """Writing a checkpoint failed (a full disk, lost permissions, ...); older ones are intact."""
 
 
+_array_handler_configured = False
+
+
+def _configure_array_handler() -> None:
+  """Turns off Orbax's replica-parallel saving on CPU; once per process.
+
+  Replica-parallel saving slices every replicated array across its replicas so that each device
+  copies a part to the host. On CPU the "devices" share the host's memory, so the split buys
+  nothing, and each slice is an eager op compiled on the first save: with 8 devices the first
+  save of even a tiny model took 7.3 s instead of 0.1 s, which a preemption grace period pays.
+  (Orbax already turns it off on GPU; TPU keeps Orbax's default.)
+  """
+  global _array_handler_configured
+  if _array_handler_configured or jax.default_backend() != "cpu":
+    return
+  _array_handler_configured = True
+  with _orbax_errors_hidden():  # Orbax warns that it replaces its default handler
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 @contextlib.contextmanager
 def _orbax_errors_hidden():
-  """Hides the errors Orbax logs itself when it reads a damaged checkpoint (on opening the
-  directory and on restoring): `restore_or_init` reports each failure once, with what it does
-  about it."""
+  """Hides what Orbax logs itself: its errors when it reads a damaged checkpoint (on opening
+  the directory and on restoring; `restore_or_init` reports each failure once, with what it
+  does about it), and its warning when `_configure_array_handler` replaces a default."""
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.FATAL)
   try:
@@ -98,6 +119,10 @@ class Checkpointer:
     """
     if keep < 1:
       raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
+    _configure_array_handler()
+    directory = os.fspath(directory)
+    if "://" not in directory:  # Orbax 0.12.8 refuses to save under a relative path
+      directory = os.path.abspath(directory)
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,

@@ -17,17 +17,21 @@ has:
   frozen, preprocess            parameters the task uses but does not train (a latent model's
                                 autoencoder; None if none) and `preprocess(frozen, batch, rng)`,
                                 run on each micro-batch inside the step (`step.make_train_step`)
-  write_samples(workdir, step, params, mesh) -> path   pictures of progress (EMA params)
+  write_samples(workdir, step, params, mesh) -> path or None   pictures of progress (EMA
+                                params), process 0
+  evaluator(workdir, mesh) -> None or evaluate(step, params) -> scalars   (config.eval)
 
 Tasks: "diffusion" (pixel or latent diffusion: `config.latent`), "autoencoder" (the first
-stage of a latent model).
+stage of a latent model), "classifier" (the evaluation's feature network).
 """
 
 from diffax.pipeline.tasks import autoencoder
+from diffax.pipeline.tasks import classifier
 from diffax.pipeline.tasks import diffusion
 
 # config.task -> the task class, built as cls(config).
-TASKS = {"diffusion": diffusion.DiffusionTask, "autoencoder": autoencoder.AutoencoderTask}
+TASKS = {"diffusion": diffusion.DiffusionTask, "autoencoder": autoencoder.AutoencoderTask,
+         "classifier": classifier.ClassifierTask}
 
 
 def create(config):

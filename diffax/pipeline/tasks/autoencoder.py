@@ -59,6 +59,12 @@ class AutoencoderTask:
       batch["step"] = np.full((len(host_batch["image"]),), step, np.int32)
     return parallel.shard_batch(batch, mesh)
 
+  def evaluator(self, workdir: Workdir, mesh):
+    """None: an autoencoder's measure of progress is its held-out reconstructions, in the grids
+    (`write_samples`) and benchmarks/latent_quality.py."""
+    del workdir, mesh
+    return None
+
   def held_out_images(self) -> np.ndarray:
     """The first `config.autoencoder.num_images` images of the eval split, `[N, H, W, C]`."""
     if self._held_out is None:

@@ -49,8 +49,21 @@ class DiffusionTask:
 
   def check(self) -> None:
     """Builds the sampler of the training grids now, so that a bad `config.sample` value fails
-    before anything compiles."""
+    before anything compiles; likewise `config.eval` when evaluation is on."""
     self.sample_request(mesh=None)
+    if self.config.eval.every:
+      from diffax.pipeline import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+      evaluate.check_config(self.config, self.model)
+
+  def evaluator(self, workdir: Workdir, mesh):
+    """`evaluate(step, ema_params) -> scalars` of `config.eval` (`evaluate.TrainingEvaluator`;
+    it trains the feature classifier first if it must), or None when `config.eval.every` is 0.
+    """
+    if not self.config.eval.every:
+      return None
+    from diffax.pipeline import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    return evaluate.TrainingEvaluator(self.config, workdir, mesh, self.model, self.schedule,
+                                      latent_space=self.latent_space)
 
   def prepare(self, workdir: Workdir, mesh):
     """A latent model loads its frozen autoencoder and resolves its latent settings
