@@ -21,10 +21,15 @@ Video and audio runs edit the same way; --known_frames and --known_samples say w
   python scripts/sample.py --workdir=DIR --init_image=clip.gif --known_frames=0,7   # interpolate
   python scripts/sample.py --workdir=DIR --init_image=note.wav --known_samples=:600,1000:  # infill
 
+A latent diffusion run (configs/digits_latent.py) samples latents and decodes them with its
+autoencoder; editing works in latent space (the mask is downsampled to the latent grid, and
+known pixels come back as the autoencoder's reconstruction of --init_image, not exactly).
+
 Reads the config the run saved in --workdir; flags left unset take its `sample` settings.
 Image i depends on --seed and i alone (not on --batch_size or the number of devices).
 The .npz beside --out holds `samples`: float32 in [-1, 1], [N, H, W, C] ([N, T, H, W, C] for
-video, [N, L, C] for audio).
+video, [N, L, C] for audio; pixels also for a latent model, and with --save_latents its
+`latents`, [N, h, w, z], scaled).
 A bad flag or workdir is one line on stderr and exit status 1 (--debug shows the traceback).
 """
 
@@ -84,6 +89,8 @@ _STRENGTH = flags.DEFINE_float("strength", None, "SDEdit with --init_image: nois
 _RESAMPLE = flags.DEFINE_integer("resample", None, "Inpainting: RePaint's resample count r >= 1 "
                                  "(each step taken r times).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed: image i depends on it and i alone.")
+_SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "A latent model's .npz holds its "
+                                  "latents too (key 'latents').")
 flags.mark_flag_as_required("workdir")
 
 
@@ -99,6 +106,7 @@ def main(argv):
                      mask_name=mask_flags[0] if mask_flags else "mask")
   workdir = Workdir(_WORKDIR.value)
   config = workdir.load_config(defaults=common.base_config())
+  sample.check_diffusion_run(workdir, config)
   overrides = {"sampler": _SAMPLER.value, "num_steps": _NUM_STEPS.value, "eta": _ETA.value,
                "spacing": _SPACING.value, "clip_x0": _CLIP.value, "threshold": _THRESHOLD.value,
                "guidance_scale": _GUIDANCE.value, "class_label": _CLASS_LABEL.value,
@@ -121,7 +129,8 @@ def main(argv):
   parallel.initialize_distributed()
   paths, step = sample.sample_workdir(workdir, config, out=_OUT.value, seed=_SEED.value,
                                       init_image=init_image, mask=mask,
-                                      strength=_STRENGTH.value, resample=_RESAMPLE.value)
+                                      strength=_STRENGTH.value, resample=_RESAMPLE.value,
+                                      save_latents=_SAVE_LATENTS.value)
   if paths:
     print(f"step {step}: wrote {', '.join(paths[:-1])} and {paths[-1]}")
 

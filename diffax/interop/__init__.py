@@ -1,6 +1,8 @@
 """Weights in from other ecosystems: plain `{name: numpy array}` state dicts, no torch needed.
 
   apply_fn, params = diffax.interop.unet_from_diffusers(dict(model.config), state_dict)
+  config, state_dict = diffax.interop.unet_to_diffusers(arch, params)   # and back out
+  variables = diffax.interop.inception_from_torch(state_dict)   # pytorch-fid's FID Inception
 
 The diffax network a checkpoint describes is built with `diffax.models.create` and the weights
 are renamed and transposed onto it (NCHW -> NHWC, OIHW -> HWIO, [out, in] -> [in, out]).
@@ -9,5 +11,7 @@ compare outputs.
 """
 
 from diffax.interop.diffusers_unet import unet_from_diffusers
+from diffax.interop.diffusers_unet import unet_to_diffusers
+from diffax.interop.pytorch_fid import inception_from_torch
 
-__all__ = ["unet_from_diffusers"]
+__all__ = ["inception_from_torch", "unet_from_diffusers", "unet_to_diffusers"]

@@ -196,7 +196,7 @@ def dataset_info(config) -> DatasetInfo:
       num_classes=int(getattr(label, "num_classes", 0) or 0))
 
 
-def load_eval_images(config, num_images: int, *, split: Optional[str] = None) -> Batch:
+def load_eval_images(config, num_images: Optional[int], *, split: Optional[str] = None) -> Batch:
   """Returns the first `num_images` examples of a split, preprocessed, unflipped, in file order.
 
   For evaluation against real data (reference statistics, held-out likelihoods). The order is
@@ -205,7 +205,7 @@ def load_eval_images(config, num_images: int, *, split: Optional[str] = None) ->
 
   Args:
     config: a diffax config (reads `data.*`).
-    num_images: how many examples; at most the size of the split.
+    num_images: how many examples; at most the size of the split (None: all of them).
     split: a TFDS split; None means config.data.split (e.g. "test" for held-out digits).
 
   Returns:
@@ -218,6 +218,7 @@ def load_eval_images(config, num_images: int, *, split: Optional[str] = None) ->
   split = config.data.split if split is None else split
   examples = _read(builder, split, preprocess.decoders)
   available = _cardinality(examples, config.data)
+  num_images = available if num_images is None else num_images
   if not 0 < num_images <= available:
     raise ValueError(f"num_images must be in [1, {available}] (the size of split {split!r} of "
                      f"{config.data.dataset!r}); got {num_images}.")

@@ -38,12 +38,14 @@ def make_grid(images: np.ndarray, *, ncols: int | None = None, pad: int = 1,
   return grid
 
 
-def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, str]:
+def save_samples(path: str, samples: np.ndarray, *, arrays: dict | None = None,
+                 **grid_kwargs) -> tuple[str, str]:
   """Writes a PNG grid to `path` and the float32 samples to `path` with suffix `.npz`.
 
   Args:
     path: where the PNG goes (directories are created).
     samples: `[N, H, W, C]` floats in [-1, 1].
+    arrays: more arrays for the .npz beside `samples` (e.g. `latents`), by key.
 
   Returns:
     `(png_path, npz_path)`.
@@ -53,8 +55,15 @@ def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, st
   grid = make_grid(samples, **grid_kwargs)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
   npz_path = os.path.splitext(path)[0] + ".npz"
-  np.savez_compressed(npz_path, samples=samples)
+  np.savez_compressed(npz_path, samples=samples, **npz_arrays(arrays))
   return path, npz_path
+
+
+def npz_arrays(arrays: dict | None) -> dict:
+  """Extra arrays for a samples .npz, float32, by key (`samples` is reserved)."""
+  if arrays and "samples" in arrays:
+    raise ValueError("arrays: the key 'samples' is the samples' own")
+  return {k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}
 
 
 def load_image(path: str, shape, *, name: str = "image", mask: bool = False) -> np.ndarray:

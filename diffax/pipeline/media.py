@@ -21,8 +21,10 @@ from diffax.pipeline import videos
 NPZ_KEYS = ("samples", "image", "video", "audio")
 
 
-def save_samples(path: str, samples: np.ndarray, data_config, *, ncols=None) -> tuple:
-  """Writes samples of `config.data`'s kind beside `path` (a PNG).
+def save_samples(path: str, samples: np.ndarray, data_config, *, ncols=None,
+                 arrays: dict | None = None) -> tuple:
+  """Writes samples of `config.data`'s kind beside `path` (a PNG); `arrays` go into the .npz
+  beside `samples` (e.g. a latent model's `latents`), by key.
 
   Returns:
     The paths written: `(png, npz, ...)`, then the GIF (video) or the WAV of every clip
@@ -30,11 +32,11 @@ def save_samples(path: str, samples: np.ndarray, data_config, *, ncols=None) -> 
   """
   kind = kinds.kind(data_config)
   if kind == "video":
-    return videos.save_samples(path, samples, ncols=ncols)
+    return videos.save_samples(path, samples, ncols=ncols, arrays=arrays)
   if kind == "audio":
     return sounds.save_samples(path, samples, sample_rate=kinds.sample_rate(data_config),
-                               ncols=ncols)
-  return images.save_samples(path, samples, ncols=ncols)
+                               ncols=ncols, arrays=arrays)
+  return images.save_samples(path, samples, ncols=ncols, arrays=arrays)
 
 
 def load(path: str, data_config, *, name: str, mask: bool = False) -> np.ndarray:

@@ -115,7 +115,7 @@ def panels(clips: np.ndarray, *, ncols=None, pad: int = 2) -> np.ndarray:
 
 
 def save_samples(path: str, clips: np.ndarray, *, sample_rate: int,
-                 ncols=None) -> tuple[str, str, str]:
+                 ncols=None, arrays: dict | None = None) -> tuple[str, str, str]:
   """Writes the panels to `path` (PNG), the clips to WAV files and the floats to `.npz`.
 
   Args:
@@ -123,6 +123,7 @@ def save_samples(path: str, clips: np.ndarray, *, sample_rate: int,
     clips: `[N, L, C]` floats in [-1, 1].
     sample_rate: samples per second of the WAV files.
     ncols: panels per row (default: up to 4).
+    arrays: more arrays for the .npz beside `samples`, by key.
 
   Returns:
     `(png_path, npz_path, wav_path)`; the single clips are in the folder `<stem>_wav/`.
@@ -138,5 +139,5 @@ def save_samples(path: str, clips: np.ndarray, *, sample_rate: int,
   write_wav(stem + ".wav", joined, sample_rate)
   for i, clip in enumerate(clips):
     write_wav(os.path.join(stem + "_wav", f"{i:04d}.wav"), clip, sample_rate)
-  np.savez_compressed(stem + ".npz", samples=clips)
+  np.savez_compressed(stem + ".npz", samples=clips, **images.npz_arrays(arrays))
   return path, stem + ".npz", stem + ".wav"

@@ -50,8 +50,8 @@ def read_gif(path: str, channels: int) -> np.ndarray:
   return np.stack(frames) / 127.5 - 1.0
 
 
-def save_samples(path: str, videos: np.ndarray, *, ncols=None,
-                 fps: float = DEFAULT_FPS) -> tuple[str, str, str]:
+def save_samples(path: str, videos: np.ndarray, *, ncols=None, fps: float = DEFAULT_FPS,
+                 arrays: dict | None = None) -> tuple[str, str, str]:
   """Writes the frame grid to `path` (PNG), the animation to `.gif` and the floats to `.npz`.
 
   Args:
@@ -59,6 +59,7 @@ def save_samples(path: str, videos: np.ndarray, *, ncols=None,
     videos: `[N, T, H, W, C]` floats in [-1, 1].
     ncols: columns of the animated grid (default: about square).
     fps: frames per second of the GIF.
+    arrays: more arrays for the .npz beside `samples`, by key.
 
   Returns:
     `(png_path, npz_path, gif_path)`.
@@ -69,7 +70,7 @@ def save_samples(path: str, videos: np.ndarray, *, ncols=None,
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
   stem = os.path.splitext(path)[0]
   gif = save_gif(stem + ".gif", animation(videos, ncols=ncols), fps=fps)
-  np.savez_compressed(stem + ".npz", samples=videos)
+  np.savez_compressed(stem + ".npz", samples=videos, **images.npz_arrays(arrays))
   return path, stem + ".npz", gif
 
 
