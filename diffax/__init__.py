@@ -9,6 +9,7 @@ arguments and arrays, no config objects and no files.
   diffax.losses        the denoising objective
   diffax.models        networks: models.create(...) -> (init_fn, apply_fn)
   diffax.sampling      samplers under one lax.scan, guidance, editing
+  diffax.evaluation    FID/KID features and distances, bits per dimension, the ideal denoiser
 
 The pipeline (`diffax.pipeline`: config in, workdir out; TensorFlow for data, Orbax for
 checkpoints) is imported on demand and never by the library. Importing diffax has no side
@@ -17,6 +18,7 @@ effects.
 
 from diffax import conditioning
 from diffax import diffusion
+from diffax import evaluation
 from diffax import losses
 from diffax import models
 from diffax import sampling

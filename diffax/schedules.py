@@ -124,7 +124,19 @@ def cosine(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> 
   return from_betas(betas)
 
 
-SCHEDULES = {"linear": linear, "cosine": cosine}
+def scaled_linear(num_steps: int = 1000, beta_start: float = 0.00085,
+                  beta_end: float = 0.012) -> Schedule:
+  """Latent diffusion's schedule (Rombach et al. 2022; diffusers' "scaled_linear", Stable
+  Diffusion's): sqrt(beta) evenly spaced in [sqrt(start), sqrt(end)]."""
+  _check_num_steps(num_steps)
+  if not 0 < beta_start <= beta_end < 1:
+    raise ValueError(
+        f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+  return from_betas(np.linspace(beta_start**0.5, beta_end**0.5, num_steps,
+                                dtype=np.float64) ** 2)
+
+
+SCHEDULES = {"linear": linear, "cosine": cosine, "scaled_linear": scaled_linear}
 
 
 def _check_num_steps(num_steps):

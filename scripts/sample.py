@@ -1,4 +1,5 @@
-r"""Samples from a trained run: the newest checkpoint's EMA params -> PNG grid + .npz.
+r"""Samples from a trained run: the newest checkpoint's EMA params -> PNG grid + .npz (and an
+animated GIF for a video run, WAV files for an audio run).
 
   python scripts/sample.py --workdir=workdirs/digits --num_samples=64 --sampler=ddim \
       --num_steps=50 --out=workdirs/digits/samples.png
@@ -30,9 +31,22 @@ resampling with --resample=r); SDEdit starts from --init_image noised to --stren
   python scripts/sample.py --workdir=DIR --init_image=digit.png --mask=top_half.png --resample=5
   python scripts/sample.py --workdir=DIR --init_image=digit.png --strength=0.5
 
+Video and audio runs edit the same way; --known_frames and --known_samples say which part of
+--init_image (a GIF or .npz clip; a WAV or .npz clip) is kept, instead of a --mask file:
+
+  python scripts/sample.py --workdir=DIR --init_image=clip.npz --known_frames=0-3   # predict
+  python scripts/sample.py --workdir=DIR --init_image=clip.gif --known_frames=0,7   # interpolate
+  python scripts/sample.py --workdir=DIR --init_image=note.wav --known_samples=:600,1000:  # infill
+
+A latent diffusion run (configs/digits_latent.py) samples latents and decodes them with its
+autoencoder; editing works in latent space (the mask is downsampled to the latent grid, and
+known pixels come back as the autoencoder's reconstruction of --init_image, not exactly).
+
 Reads the config the run saved in --workdir; flags left unset take its `sample` settings.
 Image i depends on --seed and i alone (not on --batch_size or the number of devices).
-The .npz beside --out holds `samples`: float32 in [-1, 1], [N, H, W, C].
+The .npz beside --out holds `samples`: float32 in [-1, 1], [N, H, W, C] ([N, T, H, W, C] for
+video, [N, L, C] for audio; pixels also for a latent model, and with --save_latents its
+`latents`, [N, h, w, z], scaled).
 A bad flag or workdir is one line on stderr and exit status 1 (--debug shows the traceback).
 """
 
@@ -54,6 +68,8 @@ from diffax.pipeline import cascade
 from diffax.pipeline import cli
 from diffax.pipeline import compilation_cache
 from diffax.pipeline import images
+from diffax.pipeline import masks
+from diffax.pipeline import media
 from diffax.pipeline import parallel
 from diffax.pipeline import sample
 from diffax.pipeline.workdir import Workdir
@@ -82,11 +98,18 @@ _GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance
                                "trained with condition dropout).")
 _CLASS_LABEL = flags.DEFINE_integer("class_label", None, "The class to draw; -1: image i gets "
                                     "i % num_classes (class-conditional runs).")
-_INIT_IMAGE = flags.DEFINE_string("init_image", None, "An image to edit: a PNG, or an .npz with "
-                                  "key 'samples' or 'image' ([H, W, C] or [N, H, W, C] in "
-                                  "[-1, 1]); must have the model's size.")
+_INIT_IMAGE = flags.DEFINE_string("init_image", None, "An example to edit: a PNG image (a GIF "
+                                  "clip for video, a WAV clip for audio), or an .npz with key "
+                                  "'samples' or 'image' ([*shape] or [N, *shape] in [-1, 1]); "
+                                  "must have the model's size (a WAV is cut or zero-padded).")
 _MASK = flags.DEFINE_string("mask", None, "Inpainting: PNG or .npz (like --init_image) whose "
                             "nonzero pixels are known (kept from --init_image).")
+_KNOWN_FRAMES = flags.DEFINE_string("known_frames", None, "Video inpainting: the frames of "
+                                    "--init_image to keep, e.g. 0-3 (predict the rest) or 0,7 "
+                                    "(interpolate); instead of --mask.")
+_KNOWN_SAMPLES = flags.DEFINE_string("known_samples", None, "Audio inpainting: the samples of "
+                                     "--init_image to keep, as slices start:end joined by "
+                                     "commas, e.g. :600,1000: (fill 600..999); instead of --mask.")
 _STRENGTH = flags.DEFINE_float("strength", None, "SDEdit with --init_image: noise it to "
                                "t0 = strength * T in (0, 1] and sample from there.")
 _RESAMPLE = flags.DEFINE_integer("resample", None, "Inpainting: RePaint's resample count r >= 1 "
@@ -100,6 +123,8 @@ _LOW_RES = flags.DEFINE_string("low_res", None, "Super-resolution runs: the low-
 _NOISE_LEVEL = flags.DEFINE_float("noise_level", None, "Super-resolution: the augmentation "
                                   "noise level of the low-res input, in [0, 1].")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed: image i depends on it and i alone.")
+_SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "A latent model's .npz holds its "
+                                  "latents too (key 'latents').")
 flags.register_validator("workdir", lambda v: v is not None or flags.FLAGS["cascade"].present,
                          "--workdir (or --cascade) is required")
 
@@ -170,15 +195,20 @@ def run_cascade(prompts):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  sample.check_edits(init_image=bool(_INIT_IMAGE.value), mask=bool(_MASK.value),
+  mask_flags = [flag.name for flag in (_MASK, _KNOWN_FRAMES, _KNOWN_SAMPLES) if flag.value]
+  if len(mask_flags) > 1:
+    raise ValueError(f"--{mask_flags[0]} and --{mask_flags[1]} both say what is known: give one")
+  sample.check_edits(init_image=bool(_INIT_IMAGE.value), mask=bool(mask_flags),
                      strength=_STRENGTH.value is not None,
-                     resample=_RESAMPLE.value is not None, prefix="--")
+                     resample=_RESAMPLE.value is not None, prefix="--",
+                     mask_name=mask_flags[0] if mask_flags else "mask")
   prompts = read_prompts()
   if _CASCADE.value is not None or "," in _WORKDIR.value:
     run_cascade(prompts)
     return
   workdir = Workdir(_WORKDIR.value)
   config = workdir.load_config(defaults=common.base_config())
+  sample.check_diffusion_run(workdir, config)
   with config.unlocked():
     config.sample.update({k: v for k, v in sample_overrides().items() if v is not None})
     if _NUM_SAMPLES.value is not None and _BATCH_SIZE.value is None:
@@ -189,10 +219,14 @@ def main(argv):
                      + (": use --class_label" if config.model.num_classes else ""))
   shape = build.sample_shape(config)
   init_image = mask = low_res = None
+  if _KNOWN_FRAMES.value:
+    mask = masks.known_frames(_KNOWN_FRAMES.value, shape)
+  if _KNOWN_SAMPLES.value:
+    mask = masks.known_samples(_KNOWN_SAMPLES.value, shape)
   if _INIT_IMAGE.value:
-    init_image = images.load_image(_INIT_IMAGE.value, shape, name="--init_image")
+    init_image = media.load(_INIT_IMAGE.value, config.data, name="--init_image")
   if _MASK.value:
-    mask = images.load_image(_MASK.value, shape, name="--mask", mask=True)
+    mask = media.load(_MASK.value, config.data, name="--mask", mask=True)
   if _LOW_RES.value:
     if not config.model.low_res_size:
       raise ValueError(f"--low_res needs a super-resolution model; the run in {workdir} has "
@@ -201,12 +235,13 @@ def main(argv):
         shape, config.model.low_res_size), name="--low_res")
   compilation_cache.enable()
   parallel.initialize_distributed()
-  png, npz, step = sample.sample_workdir(workdir, config, out=_OUT.value, seed=_SEED.value,
-                                         prompts=prompts, low_res=low_res,
-                                         init_image=init_image, mask=mask,
-                                         strength=_STRENGTH.value, resample=_RESAMPLE.value)
-  if png:
-    print(f"step {step}: wrote {png} and {npz}")
+  paths, step = sample.sample_workdir(workdir, config, out=_OUT.value, seed=_SEED.value,
+                                      prompts=prompts, low_res=low_res,
+                                      init_image=init_image, mask=mask,
+                                      strength=_STRENGTH.value, resample=_RESAMPLE.value,
+                                      save_latents=_SAVE_LATENTS.value)
+  if paths:
+    print(f"step {step}: wrote {', '.join(paths[:-1])} and {paths[-1]}")
 
 
 if __name__ == "__main__":

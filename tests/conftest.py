@@ -83,18 +83,21 @@ def tiny_config():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def subprocess_env():
-  """A script run like this process: 8 fake CPU devices and the tests' compilation cache."""
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+def subprocess_env(devices=NUM_CPU_DEVICES):
+  """A script run like this process: 8 fake CPU devices (or `devices`) and the tests'
+  compilation cache."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
               DIFFAX_COMPILATION_CACHE=os.environ["DIFFAX_TEST_COMPILATION_CACHE"])
 
 
-def run_script(name, *args, timeout=600):
-  """Runs scripts/<name>.py with `args` as a user would; returns the CompletedProcess."""
+def run_script(name, *args, timeout=600, devices=NUM_CPU_DEVICES):
+  """Runs scripts/<name>.py with `args` as a user would, on `devices` fake CPU devices; returns
+  the CompletedProcess."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   return subprocess.run([sys.executable, os.path.join(REPO, "scripts", f"{name}.py"), *args],
-                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+                        env=subprocess_env(devices), capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def load_script(name):
@@ -137,12 +140,34 @@ DIGITS_COND_OVERRIDES = (
     "--config.sample.batch_size=20", "--config.sample.num_steps=20")
 
 
+# configs/classifier.py at test size: the feature classifier of the evaluation tests.
+CLASSIFIER_OVERRIDES = {"train.num_steps": 150, "train.batch_size": 64,
+                        "train.checkpoint_every": 150, "train.log_every": 50, "eval.every": 75,
+                        "optim.warmup_steps": 20}
+
+
 @pytest.fixture(scope="session")
-def digits_cond_run(tmp_path_factory):
-  """The workdir of configs/digits_cond.py trained for 300 steps by scripts/train.py."""
+def classifier_run(tmp_path_factory):
+  """The workdir of configs/classifier.py (digits) trained for 150 steps."""
+  from configs import classifier  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("digits_classifier")
+  config = classifier.get_config()
+  config.update_from_flattened_dict(CLASSIFIER_OVERRIDES)
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_cond_run(tmp_path_factory, classifier_run):
+  """The workdir of configs/digits_cond.py trained for 300 steps by scripts/train.py, its
+  samples evaluated at steps 150 and 300 in `classifier_run`'s feature space."""
   workdir = tmp_path_factory.mktemp("digits_cond")
   result = run_script("train", f"--config={REPO}/configs/digits_cond.py",
-                      f"--workdir={workdir}", *DIGITS_COND_OVERRIDES)
+                      f"--workdir={workdir}", *DIGITS_COND_OVERRIDES,
+                      "--config.eval.every=150", "--config.eval.num_samples=100",
+                      "--config.eval.batch_size=50", "--config.eval.num_steps=10",
+                      f"--config.eval.classifier_workdir={classifier_run}")
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
@@ -210,3 +235,59 @@ def digit_classifier():
   clf = linear_model.LogisticRegression(max_iter=2000)
   clf.fit(images.reshape(len(images), -1), labels)
   return clf
+
+
+# configs/digits_autoencoder.py and configs/digits_latent.py at test size: the two stages of a
+# latent diffusion model (a 16-channel autoencoder, f=2, 8x8x1 <-> 4x4x2; a class-conditional
+# U-Net on its latents), each trained once per session through scripts/train.py, on 2 fake
+# devices (still data-parallel; for models this small 8 devices' threads cost 2x the time on
+# 2 cores). The tests load them on 8.
+STAGE_DEVICES = 2
+DIGITS_AUTOENCODER_OVERRIDES = (
+    "--config.model.base_channels=16", "--config.model.num_res_blocks=1",
+    "--config.model.num_groups=8", "--config.train.batch_size=32",
+    "--config.train.num_steps=500", "--config.train.checkpoint_every=500",
+    "--config.train.log_every=50", "--config.train.sample_every=0",
+    "--config.optim.learning_rate=2e-3", "--config.optim.ema_decay=0.99",
+    "--config.autoencoder.num_images=16")
+
+DIGITS_LATENT_OVERRIDES = (
+    "--config.model.base_channels=16", "--config.model.num_res_blocks=1",
+    "--config.model.attention_resolutions=()", "--config.model.num_groups=8",
+    "--config.model.dropout=0.0", "--config.train.num_steps=400",
+    "--config.train.checkpoint_every=400", "--config.train.log_every=50",
+    "--config.train.sample_every=0", "--config.optim.warmup_steps=50",
+    "--config.optim.ema_decay=0.98", "--config.sample.num_images=20",
+    "--config.sample.batch_size=20", "--config.sample.num_steps=20")
+
+
+def script_failure(result) -> str:
+  """What a failed script printed on stderr, without progress bars and the list of loaded
+  extension modules that a fatal error appends."""
+  lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
+           if line.strip() and not line.startswith(("training:", "sampling:", "Extension modules"))]
+  return f"exit status {result.returncode}:\n" + "\n".join(lines[:30] + ["..."] + lines[-30:])
+
+
+@pytest.fixture(scope="session")
+def digits_autoencoder_run(tmp_path_factory):
+  """The workdir of configs/digits_autoencoder.py trained for 500 steps by scripts/train.py."""
+  workdir = tmp_path_factory.mktemp("digits_autoencoder")
+  result = run_script("train", f"--config={REPO}/configs/digits_autoencoder.py",
+                      f"--workdir={workdir}", *DIGITS_AUTOENCODER_OVERRIDES,
+                      devices=STAGE_DEVICES)
+  assert result.returncode == 0, script_failure(result)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_latent_run(tmp_path_factory, digits_autoencoder_run):
+  """The workdir of configs/digits_latent.py trained for 400 steps by scripts/train.py on the
+  latents of `digits_autoencoder_run`."""
+  workdir = tmp_path_factory.mktemp("digits_latent")
+  result = run_script("train", f"--config={REPO}/configs/digits_latent.py",
+                      f"--workdir={workdir}",
+                      f"--config.latent.autoencoder_workdir={digits_autoencoder_run}",
+                      *DIGITS_LATENT_OVERRIDES, devices=STAGE_DEVICES)
+  assert result.returncode == 0, script_failure(result)
+  return workdir

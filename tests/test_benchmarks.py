@@ -131,3 +131,16 @@ def test_profile_ops_finds_the_ops_of_a_compiled_program_and_their_sources():
   sources = profile_ops.op_sources(compiled.as_text())
   assert any(name in sources for name in times)  # trace names are HLO instruction names
   assert any("tanh" in s or "dot_general" in s for s in sources.values())
+
+
+def test_the_accelerator_script_measures_training_and_sampling():
+  """benchmarks/accelerator.py's parts on the tiny network (CPU); `main` runs them in turn."""
+  from benchmarks import accelerator  # pylint: disable=g-import-not-at-top
+  cfg = accelerator.config(smoke=True, batch=4)
+  train = accelerator.train(cfg, "float32", reps=1, peak=100.0)
+  assert train["bench"] == "train" and train["images_per_s"] > 0 and train["tflops"] > 0
+  assert train["mfu"] == pytest.approx(train["tflops"] / 100.0)
+  sample = accelerator.sample(cfg, "ddim", batch=2, steps=2, reps=1)
+  assert sample["ms_per_step"] > 0 and sample["images_per_s"] > 0
+  assert accelerator.peak_tflops("NVIDIA H200") == 989.0
+  assert accelerator.peak_tflops("TPU v5 lite") == 197.0 and accelerator.peak_tflops("cpu") is None

@@ -116,7 +116,7 @@ def test_non_square_resize_and_crop():
   np.testing.assert_allclose(batch["image"], full[:, 2:6], atol=1e-6)
   with config.unlocked():
     config.data.image_width = 0
-  with pytest.raises(ValueError, match="config.data.image_width must be a positive int"):
+  with pytest.raises(ValueError, match=r"config.data.image_width must be an int >= 1 .*, got 0"):
     build.sample_shape(config)
 
 

@@ -99,6 +99,13 @@ def test_round_trip_is_exact_and_replicated(tmp_path, create, advance, mesh):
     assert len(leaf.addressable_shards) == 8
 
 
+def test_a_relative_directory_saves_and_restores(tmp_path, create, advance, monkeypatch):
+  """`--workdir=workdirs/digits` (the README's): Orbax itself refuses relative paths."""
+  monkeypatch.chdir(tmp_path)
+  expected = save_steps(checkpoint.Checkpointer("relative/ckpt"), create, advance, [2])
+  assert_same(checkpoint.Checkpointer("relative/ckpt").restore_or_init(create), expected[2])
+
+
 def test_no_checkpoint_initializes_once(tmp_path, create):
   calls = []
 

@@ -2,7 +2,8 @@
 runtime (gloo collectives), each reading its own half of the data.
 
 - They resume from a checkpoint of 1 process x 4 devices and log the losses that run logged,
-  fed the same global batches, up to float rounding; they gather samples from both.
+  fed the same global batches, up to float rounding; they gather samples from both, and
+  evaluate them (each drawing its share) to the numbers of the 1-process run.
 - SIGTERM to one of them stops both at the same step, with a checkpoint and exit code 0.
 - When one dies (kill -9), the other exits with an error that says so within seconds, instead of
   waiting forever in the next collective.
@@ -32,6 +33,9 @@ OVERRIDES = {"model.channel_mult": (1,), "model.base_channels": 8, "train.batch_
 ARGS = [f"--config={REPO}/configs/digits.py:smoke"] + [
     f"--config.{k}={v}".replace(" ", "") for k, v in OVERRIDES.items()]
 REFERENCE_STEPS, RESUME_AT = 40, 20
+# Evaluation at step RESUME_AT + 2 in both runs: each process draws its devices' share.
+EVAL = {"eval.every": RESUME_AT + 2, "eval.num_samples": 16, "eval.batch_size": 8,
+        "eval.num_steps": 2}
 
 
 def _free_port():
@@ -98,7 +102,12 @@ def _wait_for_step(workdir, step, procs, timeout=240):
     time.sleep(0.05)
 
 
-def _one_process_run(workdir, monkeypatch):
+def _eval_records(workdir):
+  from diffax.pipeline import metric_writer  # pylint: disable=g-import-not-at-top
+  return {r["step"]: r for r in metric_writer.read_metrics(str(workdir)) if "eval/fd" in r}
+
+
+def _one_process_run(workdir, monkeypatch, classifier_run):
   """train_and_evaluate in this process on 4 devices, each step's batch the two processes'
   shards in process order: the global batches of the 2-process run."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -116,19 +125,21 @@ def _one_process_run(workdir, monkeypatch):
 
   monkeypatch.setattr(data, "create_iterator", both_shards)
   monkeypatch.setattr(parallel, "create_mesh",
-                      lambda devices=None: real_mesh(jax.devices()[:4] if devices is None
-                                                     else devices))
+                      lambda devices=None, fsdp=1: real_mesh(
+                          jax.devices()[:4] if devices is None else devices, fsdp=fsdp))
   config = digits.get_config("smoke")
-  config.update_from_flattened_dict(dict(OVERRIDES, **{"train.checkpoint_every": RESUME_AT,
-                                                        "train.num_steps": REFERENCE_STEPS}))
+  config.update_from_flattened_dict(dict(OVERRIDES, **EVAL, **{
+      "train.checkpoint_every": RESUME_AT, "train.num_steps": REFERENCE_STEPS,
+      "eval.classifier_workdir": str(classifier_run)}))
   train.train_and_evaluate(config, str(workdir))
   monkeypatch.undo()
 
 
 def test_two_processes_resume_match_one_and_stop_together_on_sigterm(tmp_path, cleanup,
-                                                                     monkeypatch):
+                                                                     monkeypatch,
+                                                                     classifier_run):
   one = tmp_path / "one_process"
-  _one_process_run(one, monkeypatch)
+  _one_process_run(one, monkeypatch, classifier_run)
   expected = _losses(one)
 
   # The 2-process run resumes from the 1-process run's checkpoint (restored by 2 processes),
@@ -137,7 +148,9 @@ def test_two_processes_resume_match_one_and_stop_together_on_sigterm(tmp_path, c
   shutil.copytree(one / "checkpoints" / str(RESUME_AT), two / "checkpoints" / str(RESUME_AT))
   procs = _start_pair(two, "--config.train.checkpoint_every=1000",
                       "--config.train.num_steps=2000",
-                      f"--config.train.sample_every={RESUME_AT + 2}")
+                      f"--config.train.sample_every={RESUME_AT + 2}",
+                      f"--config.eval.classifier_workdir={classifier_run}",
+                      *[f"--config.{k}={v}" for k, v in EVAL.items()])
   cleanup.extend(procs)
   _wait_for_step(two, RESUME_AT + 3, procs)
   procs[1].send_signal(signal.SIGTERM)  # the non-chief: process 0 learns it from the runtime
@@ -158,6 +171,11 @@ def test_two_processes_resume_match_one_and_stop_together_on_sigterm(tmp_path, c
   np.testing.assert_allclose([losses[s] for s in steps], [expected[s] for s in steps],
                              rtol=2e-5)
   assert expected[REFERENCE_STEPS] < expected[1]  # it trains
+  # The evaluation's numbers: the processes' shares combine into those of one process.
+  step = RESUME_AT + 2
+  got, want = _eval_records(two)[step], _eval_records(one)[step]
+  for key in ("eval/fd", "eval/kid", "eval/coverage", "eval/fd_floor"):
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
 
 
 @pytest.mark.parametrize("victim", [1, 0])  # 0 also runs the coordination service

@@ -199,3 +199,18 @@ def test_schedule_is_a_pytree():
 def test_bad_inputs_raise(bad):
   with pytest.raises(ValueError):
     bad()
+
+
+@pytest.mark.parametrize("ours, name, kwargs", [
+    (lambda: schedules.linear(1000), "linear", {}),
+    (lambda: schedules.scaled_linear(1000), "scaled_linear",
+     dict(beta_start=0.00085, beta_end=0.012)),
+    (lambda: schedules.cosine(1000), "squaredcos_cap_v2", {}),
+])
+def test_schedules_equal_diffusers(ours, name, kwargs):
+  """The schedules diffusers' checkpoints were trained with (DDPM, Stable Diffusion, iDDPM)."""
+  import diffusers  # pylint: disable=g-import-not-at-top
+  theirs = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=name, **kwargs)
+  np.testing.assert_allclose(ours().betas, theirs.betas.numpy(), rtol=1e-5, atol=1e-8)
+  # diffusers takes the cumulative product in float32, diffax in float64: 1e-5 apart at t = T-1.
+  np.testing.assert_allclose(ours().alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=1e-4)

@@ -73,6 +73,22 @@ def test_resumed_run_logs_identical_losses(reference_run, tmp_path, tiny_config)
     assert resumed[step] == reference[step], step
 
 
+def test_an_fsdp_run_resumed_replicated_logs_the_reference_losses(reference_run, tmp_path,
+                                                                  tiny_config, monkeypatch):
+  """The state sharded over 'fsdp' (4 of the 8 devices per copy) trains like the replicated
+  run, and its checkpoint resumes on a replicated mesh."""
+  from diffax.pipeline import parallel  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(parallel, "FSDP_MIN_SIZE", 1)  # the smoke model's leaves are all small
+  workdir, _ = reference_run
+  train.train_and_evaluate(tiny_config(**{"train.num_steps": 10, "parallel.fsdp": 4}),
+                           str(tmp_path))
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  resumed, reference = losses_by_step(tmp_path), losses_by_step(workdir)
+  assert sorted(resumed) == list(range(1, 21))
+  np.testing.assert_allclose([resumed[s] for s in range(1, 21)],
+                             [reference[s] for s in range(1, 21)], rtol=1e-5)
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path,
                                                                  tiny_config):
   workdir, _ = reference_run

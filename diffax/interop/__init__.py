@@ -1,6 +1,8 @@
 """Weights in from other ecosystems: plain `{name: numpy array}` state dicts, no torch needed.
 
   apply_fn, params = diffax.interop.unet_from_diffusers(dict(model.config), state_dict)
+  config, state_dict = diffax.interop.unet_to_diffusers(arch, params)   # and back out
+  variables = diffax.interop.inception_from_torch(state_dict)   # pytorch-fid's FID Inception
   encoder, params = diffax.interop.text_encoder_from_transformers(config, state_dict)
   params = diffax.interop.spatial_transformer_params(state_dict, "mid_block.attentions.0.")
 
@@ -12,7 +14,9 @@ outputs.
 
 from diffax.interop.diffusers_attention import spatial_transformer_params
 from diffax.interop.diffusers_unet import unet_from_diffusers
+from diffax.interop.diffusers_unet import unet_to_diffusers
+from diffax.interop.pytorch_fid import inception_from_torch
 from diffax.interop.transformers_text import text_encoder_from_transformers
 
-__all__ = ["spatial_transformer_params", "text_encoder_from_transformers",
-           "unet_from_diffusers"]
+__all__ = ["inception_from_torch", "spatial_transformer_params",
+           "text_encoder_from_transformers", "unet_from_diffusers", "unet_to_diffusers"]

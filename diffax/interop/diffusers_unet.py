@@ -85,84 +85,122 @@ def unet_config(config: Mapping[str, Any]) -> dict:
   )
 
 
-def _conv(w):  # torch OIHW -> HWIO
+def _conv_in(w):  # torch OIHW -> HWIO
   return np.transpose(np.asarray(w, np.float32), (2, 3, 1, 0))
 
 
-def _dense(w):  # torch [out, in] (or a 1x1 conv [out, in, 1, 1]) -> [in, out]
+def _conv_out(w):  # HWIO -> torch OIHW
+  return np.ascontiguousarray(np.transpose(np.asarray(w, np.float32), (3, 2, 0, 1)))
+
+
+def _dense_in(w):  # torch [out, in] (or a 1x1 conv [out, in, 1, 1]) -> [in, out]
   w = np.asarray(w, np.float32)
   return w.reshape(w.shape[0], w.shape[1]).T
 
 
-def _vector(w):
-  return np.asarray(w, np.float32)
+def _copy(w):
+  return np.array(w, np.float32)
 
 
-def convert_unet2d(state_dict: Mapping[str, Any], arch: dict) -> dict:
-  """UNet2DModel weights -> the parameter tree of `models.create("unet", **arch)`."""
-  sd = {k: v for k, v in state_dict.items()}
-  used = set()
+def _weight_map(arch: dict) -> list:
+  """Every parameter of the diffax U-Net `arch` and its UNet2DModel weights:
+  `(diffax path, torch keys, kind)`, kind one of conv | dense | shortcut | vector | qkv."""
+  entries = []
 
-  def get(key):
-    if key not in sd:
-      raise ValueError(f"the UNet2DModel state dict has no {key!r}")
-    used.add(key)
-    return sd[key]
+  def conv(path, key):
+    entries.append((path + ("kernel",), (key + ".weight",), "conv"))
+    entries.append((path + ("bias",), (key + ".bias",), "vector"))
 
-  def conv(prefix):
-    return {"kernel": _conv(get(prefix + ".weight")), "bias": _vector(get(prefix + ".bias"))}
+  def dense(path, key, kind="dense"):
+    entries.append((path + ("kernel",), (key + ".weight",), kind))
+    entries.append((path + ("bias",), (key + ".bias",), "vector"))
 
-  def dense(prefix):
-    return {"kernel": _dense(get(prefix + ".weight")), "bias": _vector(get(prefix + ".bias"))}
+  def norm(path, key):
+    entries.append((path + ("scale",), (key + ".weight",), "vector"))
+    entries.append((path + ("bias",), (key + ".bias",), "vector"))
 
-  def norm(prefix):
-    return {"scale": _vector(get(prefix + ".weight")), "bias": _vector(get(prefix + ".bias"))}
+  def resnet(name, key, shortcut):
+    conv((name, "conv1"), key + ".conv1")
+    conv((name, "conv2"), key + ".conv2")
+    norm((name, "norm1"), key + ".norm1")
+    norm((name, "norm2"), key + ".norm2")
+    dense((name, "temb_proj"), key + ".time_emb_proj")
+    if shortcut:
+      dense((name, "skip"), key + ".conv_shortcut", "shortcut")
 
-  def resnet(prefix):
-    p = {"norm1": norm(prefix + ".norm1"), "conv1": conv(prefix + ".conv1"),
-         "temb_proj": dense(prefix + ".time_emb_proj"), "norm2": norm(prefix + ".norm2"),
-         "conv2": conv(prefix + ".conv2")}
-    if prefix + ".conv_shortcut.weight" in sd:
-      p["skip"] = dense(prefix + ".conv_shortcut")
-    return p
+  def attention(name, key):
+    norm((name, "norm"), key + ".group_norm")
+    entries.append(((name, "qkv", "kernel"), tuple(f"{key}.to_{n}.weight" for n in "qkv"), "qkv"))
+    entries.append(((name, "qkv", "bias"), tuple(f"{key}.to_{n}.bias" for n in "qkv"), "qkv"))
+    dense((name, "proj_out"), key + ".to_out.0")
 
-  def attention(prefix):
-    q, k, v = (dense(f"{prefix}.to_{n}") for n in "qkv")
-    return {"norm": norm(prefix + ".group_norm"),
-            "qkv": {"kernel": np.concatenate([q["kernel"], k["kernel"], v["kernel"]], axis=1),
-                    "bias": np.concatenate([q["bias"], k["bias"], v["bias"]])},
-            "proj_out": dense(prefix + ".to_out.0")}
-
-  params = {"conv_in": conv("conv_in"), "temb_dense0": dense("time_embedding.linear_1"),
-            "temb_dense1": dense("time_embedding.linear_2")}
+  base, mult = arch["base_channels"], arch["channel_mult"]
+  levels, size = len(mult), arch["sample_shape"][0]
+  conv(("conv_in",), "conv_in")
+  dense(("temb_dense0",), "time_embedding.linear_1")
+  dense(("temb_dense1",), "time_embedding.linear_2")
   if arch["num_classes"]:
-    params["label_embed"] = {"embedding": _vector(get("class_embedding.weight"))}
-  levels = len(arch["channel_mult"])
-  size = arch["sample_shape"][0]
+    entries.append((("label_embed", "embedding"), ("class_embedding.weight",), "vector"))
+  channels, skips = base, [base]
   for level in range(levels):
     attn = size // 2**level in arch["attention_resolutions"]
     for i in range(arch["num_res_blocks"]):
-      params[f"down_{level}_res_{i}"] = resnet(f"down_blocks.{level}.resnets.{i}")
+      out = base * mult[level]
+      resnet(f"down_{level}_res_{i}", f"down_blocks.{level}.resnets.{i}", channels != out)
+      channels = out
+      skips.append(channels)
       if attn:
-        params[f"down_{level}_attn_{i}"] = attention(f"down_blocks.{level}.attentions.{i}")
+        attention(f"down_{level}_attn_{i}", f"down_blocks.{level}.attentions.{i}")
     if level != levels - 1:
-      params[f"down_{level}_downsample"] = {
-          "conv": conv(f"down_blocks.{level}.downsamplers.0.conv")}
-  params["mid_res_0"] = resnet("mid_block.resnets.0")
-  params["mid_attn"] = attention("mid_block.attentions.0")
-  params["mid_res_1"] = resnet("mid_block.resnets.1")
-  for level in range(levels):
+      conv((f"down_{level}_downsample", "conv"), f"down_blocks.{level}.downsamplers.0.conv")
+      skips.append(channels)
+  resnet("mid_res_0", "mid_block.resnets.0", False)
+  attention("mid_attn", "mid_block.attentions.0")
+  resnet("mid_res_1", "mid_block.resnets.1", False)
+  for level in reversed(range(levels)):
     block = levels - 1 - level  # diffusers' up blocks run from the lowest resolution
     attn = size // 2**level in arch["attention_resolutions"]
     for i in range(arch["num_res_blocks"] + 1):
-      params[f"up_{level}_res_{i}"] = resnet(f"up_blocks.{block}.resnets.{i}")
+      out = base * mult[level]
+      resnet(f"up_{level}_res_{i}", f"up_blocks.{block}.resnets.{i}",
+             channels + skips.pop() != out)
+      channels = out
       if attn:
-        params[f"up_{level}_attn_{i}"] = attention(f"up_blocks.{block}.attentions.{i}")
+        attention(f"up_{level}_attn_{i}", f"up_blocks.{block}.attentions.{i}")
     if level != 0:
-      params[f"up_{level}_upsample"] = {"conv": conv(f"up_blocks.{block}.upsamplers.0.conv")}
-  params["norm_out"] = norm("conv_norm_out")
-  params["conv_out"] = conv("conv_out")
-  unused = sorted(set(sd) - used)
+      conv((f"up_{level}_upsample", "conv"), f"up_blocks.{block}.upsamplers.0.conv")
+  norm(("norm_out",), "conv_norm_out")
+  conv(("conv_out",), "conv_out")
+  return entries
+
+
+def convert_unet2d(state_dict: Mapping[str, Any], arch: dict) -> dict:
+  """UNet2DModel weights -> the parameter tree of `models.create("unet", **arch)`.
+
+  Raises:
+    ValueError: a weight missing from the state dict, or one the U-Net does not use.
+  """
+  params, used = {}, set()
+  for path, keys, kind in _weight_map(arch):
+    missing = [k for k in keys if k not in state_dict]
+    if missing:
+      raise ValueError(f"the UNet2DModel state dict has no {missing[0]!r}")
+    used.update(keys)
+    values = [state_dict[k] for k in keys]
+    if kind == "conv":
+      value = _conv_in(values[0])
+    elif kind in ("dense", "shortcut"):
+      value = _dense_in(values[0])
+    elif kind == "qkv":
+      value = np.concatenate([_dense_in(v) if np.ndim(v) == 2 else _copy(v) for v in values],
+                             axis=-1)
+    else:
+      value = _copy(values[0])
+    node = params
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = value
+  unused = sorted(set(state_dict) - used)
   if unused:
     raise ValueError(f"the state dict has weights diffax's U-Net does not use: {unused[:5]}"
                      + (" ..." if len(unused) > 5 else ""))
@@ -190,3 +228,63 @@ def unet_from_diffusers(config: Mapping[str, Any], state_dict: Mapping[str, Any]
   model = models.create("unet", **arch)
   params = convert_unet2d(state_dict, arch)
   return model.apply_fn, params
+
+
+def unet_to_diffusers(arch: Mapping[str, Any], params) -> tuple[dict, dict]:
+  """A diffax U-Net as a diffusers UNet2DModel: `(config, state_dict)` for
+  `UNet2DModel(**config).load_state_dict(...)` (or a config.json + safetensors directory).
+
+  Args:
+    arch: the `diffax.models.create("unet", ...)` keywords (`sample_shape` included).
+    params: its parameters (host or device arrays).
+
+  Raises:
+    ValueError: a U-Net UNet2DModel cannot express (ADM scale-shift, a non-square or non-image
+      sample, head counts that differ by level), named.
+  """
+  arch = dict(arch)
+  if arch.get("scale_shift", True):
+    raise ValueError("scale_shift=True (ADM) has no UNet2DModel equivalent that diffax maps; "
+                     "only the DDPM additive time embedding (scale_shift=False) converts")
+  shape = tuple(arch["sample_shape"])
+  if len(shape) != 3 or shape[0] != shape[1]:
+    raise ValueError(f"UNet2DModel draws square images; sample_shape={shape} is not one")
+  base, mult = arch["base_channels"], tuple(arch["channel_mult"])
+  size, levels = shape[0], len(mult)
+  attention = [size // 2**i in arch["attention_resolutions"] for i in range(levels)]
+  attn_channels = {base * m for m, a in zip(mult, attention) if a} | {base * mult[-1]}
+  heads = arch["num_heads"]
+  head_dims = {c // heads for c in attn_channels}
+  if heads != 1 and len(head_dims) != 1:
+    raise ValueError(f"num_heads={heads} at attention levels of {sorted(attn_channels)} "
+                     f"channels: UNet2DModel fixes the head size, not the head count")
+  config = dict(
+      sample_size=size, in_channels=shape[2], out_channels=shape[2],
+      block_out_channels=tuple(base * m for m in mult),
+      layers_per_block=arch["num_res_blocks"],
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+      attention_head_dim=None if heads == 1 else head_dims.pop(),
+      norm_num_groups=arch["num_groups"], norm_eps=1e-6, dropout=arch.get("dropout", 0.0),
+      act_fn="silu", time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
+      resnet_time_scale_shift="default", add_attention=True, downsample_padding=1,
+      num_class_embeds=arch["num_classes"] + 1 if arch.get("num_classes") else None)
+  arch.setdefault("num_classes", 0)
+  state_dict = {}
+  for path, keys, kind in _weight_map(arch):
+    value = params
+    for name in path:
+      value = value[name]
+    value = np.asarray(value, np.float32)
+    if kind == "conv":
+      state_dict[keys[0]] = _conv_out(value)
+    elif kind == "dense":
+      state_dict[keys[0]] = np.ascontiguousarray(value.T)
+    elif kind == "shortcut":
+      state_dict[keys[0]] = np.ascontiguousarray(value.T[:, :, None, None])
+    elif kind == "qkv":
+      for key, part in zip(keys, np.split(value, 3, axis=-1)):
+        state_dict[key] = np.ascontiguousarray(part.T if part.ndim == 2 else part)
+    else:
+      state_dict[keys[0]] = np.ascontiguousarray(value)
+  return config, state_dict

@@ -9,6 +9,16 @@ nothing outside this package knows Flax.
   out = apply_fn(params, x_t, t, {"label": labels}, train=True, rng=dropout_rng)
   model.null_cond                               # {"label": 10}: the dropped condition
 
+The same call with `sample_shape=(L, C)` builds the 1-D network (audio), with `(T, H, W, C)` the
+video network (factorized space-time attention); see `unet`.
+
+The autoencoder of latent diffusion is not a denoiser; it has its own entry point:
+
+  ae = diffax.models.create_autoencoder(sample_shape=(8, 8, 1), channel_mult=(1, 2))
+  mean, logvar = ae.encode(params, x)           # [B, 8, 8, 1] -> [B, 4, 4, 4] each
+  x_rec = ae.decode(params, z)                  # and back
+  disc = diffax.models.create_discriminator(sample_shape=(8, 8, 1), num_layers=1)
+
 Arguments are keywords and arrays; a bad value raises ValueError naming the keyword.
 """
 
@@ -20,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax import conditioning
+from diffax.models import autoencoder
 from diffax.models import unet
 
 # name -> builder(sample_shape, dtype, fast_layers, **arch) -> (flax module, null_cond).
@@ -42,7 +53,8 @@ class Model:
     null_cond: the value each droppable key of cond takes when dropped (no batch axis); empty
       for an unconditional model.
     cond_keys: the keys of cond the model reads.
-    sample_shape: the shape of one example, e.g. (H, W, C).
+    sample_shape: the shape of one example, e.g. (H, W, C); (L, C) or (T, H, W, C) for 1-D
+      signals or video.
   """
   init_fn: Callable
   apply_fn: Callable
@@ -66,7 +78,8 @@ def create(name: str = "unet", *, sample_shape, dtype="float32",
 
   Args:
     name: a key of `MODELS`.
-    sample_shape: the shape of one example, `(H, W, C)`.
+    sample_shape: the shape of one example: `(L, C)` (1-D signals such as audio), `(H, W, C)`
+      (images) or `(T, H, W, C)` (video); the network follows its rank.
     dtype: compute dtype, a key of `DTYPES` or a numpy dtype; parameters are float32 always.
     fast_layers: use the layers with hand-written gradients (`ops`); None picks by backend
       (`fast_layers_default`). Same parameters and values either way.
@@ -81,12 +94,9 @@ def create(name: str = "unet", *, sample_shape, dtype="float32",
   """
   if name not in MODELS:
     raise ValueError(f"unknown model name {name!r}; choose one of {sorted(MODELS)}")
-  dtype_name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
-  if dtype_name not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+  dtype, fast_layers = _resolve(dtype, fast_layers)
   sample_shape = tuple(int(d) for d in sample_shape)
-  fast_layers = fast_layers_default() if fast_layers is None else bool(fast_layers)
-  module, null_cond = MODELS[name](sample_shape, jnp.dtype(dtype_name), fast_layers, **arch)
+  module, null_cond = MODELS[name](sample_shape, dtype, fast_layers, **arch)
   cond_keys = tuple(module.cond_keys)
   dropout = float(getattr(module, "dropout", 0.0))
 
@@ -117,9 +127,43 @@ def create(name: str = "unet", *, sample_shape, dtype="float32",
                cond_keys=cond_keys, sample_shape=sample_shape)
 
 
+def _resolve(dtype, fast_layers):
+  """(the numpy compute dtype, whether to use the fast layers), checked."""
+  dtype_name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  if dtype_name not in DTYPES:
+    raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+  fast_layers = fast_layers_default() if fast_layers is None else bool(fast_layers)
+  return jnp.dtype(dtype_name), fast_layers
+
+
+def create_autoencoder(*, sample_shape, dtype="float32", fast_layers: Optional[bool] = None,
+                       **arch) -> autoencoder.Autoencoder:
+  """Builds the KL autoencoder of latent diffusion (`autoencoder.Autoencoder`).
+
+  Args:
+    sample_shape: the image shape `(H, W, C)`.
+    dtype: compute dtype, a key of `DTYPES`; parameters are float32 always.
+    fast_layers: the hand-written-gradient layers; None picks by backend.
+    **arch: the architecture's keywords (see `autoencoder.build`).
+
+  Raises:
+    ValueError: on a bad dtype or an architecture that does not fit sample_shape.
+  """
+  dtype, fast_layers = _resolve(dtype, fast_layers)
+  return autoencoder.build(sample_shape, dtype, fast_layers, **arch)
+
+
+def create_discriminator(*, sample_shape, fast_layers: Optional[bool] = None,
+                         **arch) -> autoencoder.Discriminator:
+  """Builds the PatchGAN discriminator of the autoencoder's adversarial loss (float32)."""
+  _, fast_layers = _resolve("float32", fast_layers)
+  return autoencoder.build_discriminator(sample_shape, fast_layers, **arch)
+
+
 def count_params(params) -> int:
   """Total number of scalars in a parameter pytree (arrays or `jax.eval_shape` structs)."""
   return sum(math.prod(getattr(p, "shape", ())) for p in jax.tree_util.tree_leaves(params))
 
 
-__all__ = ["DTYPES", "MODELS", "Model", "count_params", "create", "fast_layers_default", "unet"]
+__all__ = ["DTYPES", "MODELS", "Model", "autoencoder", "count_params", "create",
+           "create_autoencoder", "create_discriminator", "fast_layers_default", "unet"]

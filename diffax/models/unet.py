@@ -1,4 +1,5 @@
-"""The DDPM / ADM U-Net (Ho et al. 2020, appendix B; Dhariwal & Nichol 2021, sec. 3).
+"""The DDPM / ADM U-Net (Ho et al. 2020, appendix B; Dhariwal & Nichol 2021, sec. 3), for
+1-D signals, images and video.
 
 Layout, for `channel_mult = (m_0, ..., m_{L-1})` and `c = base_channels`:
 
@@ -11,9 +12,28 @@ Layout, for `channel_mult = (m_0, ..., m_{L-1})` and `c = base_channels`:
                 nearest upsampling + conv (not after level 0)
   out:          GroupNorm, SiLU, conv3x3 (zero-initialised) to the input channel count
 
-Attention is used at the levels whose resolution in pixels is in `attention_resolutions`.
+The rank of the sample shape picks the data (one module, the same parameter names):
 
-Conditions beyond the class label (`diffax.conditioning`), each read in one delimited place:
+  (L, C)        1-D signals (audio): convolutions 3 wide, attention over the L positions,
+                down/upsampling halves/doubles L.
+  (H, W, C)     images: 3x3 convolutions, attention over the H*W pixels, down/upsampling on
+                both axes. The parameters are those of the original 2-D U-Net.
+  (T, H, W, C)  video: (2+1)-D convolutions (`layers.FrameConv`: 3x3 within each frame, then
+                3 frames along time; an image U-Net's conv parameters plus a temporal kernel
+                that starts as the identity), factorized attention
+                (`layers.SpaceTimeAttention`: over the H*W pixels of each frame, then over the
+                T frames at each pixel; Ho et al. 2022), down/upsampling on H and W only: the
+                T frames stay T frames at every level (as in Video Diffusion Models), so a
+                short clip need not be divisible by anything. GroupNorm normalises each
+                example over all its frames. Both factorizations keep the cost linear in T.
+
+Attention is used at the levels whose *resolution* is in `attention_resolutions`; a level's
+resolution is the size of its first resampled axis: the length L of a 1-D signal (e.g. 2048,
+then 1024, ...), the height H of an image, the frame height H of a video (its T frames never
+change). The middle block always has attention.
+
+Conditions beyond the class label (`diffax.conditioning`), each read in one delimited place;
+both are for images (H, W, C):
   context       with `context_dim` > 0, a `attention.SpatialTransformer` (Stable Diffusion's
                 cross-attention block) follows the blocks of the levels in
                 `cross_attention_resolutions` and the middle attention, reading
@@ -45,7 +65,8 @@ class UNet(nn.Module):
     base_channels: channels of the first level; the time embedding is 4x this.
     channel_mult: per-level channel multipliers; the number of levels is its length.
     num_res_blocks: residual blocks per level on the way down (one more on the way up).
-    attention_resolutions: resolutions in pixels (e.g. 16 for 16x16) that get self-attention.
+    attention_resolutions: level resolutions that get self-attention: the length (1-D), the
+      height (images, e.g. 16 for 16x16) or the frame height (video) of the level's features.
     num_heads: attention heads.
     dropout: dropout rate inside the residual blocks.
     num_groups: GroupNorm groups.
@@ -100,31 +121,35 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, cond=None, *, train: bool = False):
-    """Predicts eps (or x0, or v) from a noisy image.
+    """Predicts eps (or x0, or v) from a noisy example.
 
     Args:
-      x: noisy images, `[B, H, W, C]`.
+      x: noisy examples, `[B, L, C]`, `[B, H, W, C]` or `[B, T, H, W, C]`.
       t: timesteps, `[B]` (or a scalar, broadcast).
       cond: None or a dict; with num_classes, `cond["label"]` `i32[B]` in [0, num_classes]
         (absent: the null label num_classes).
       train: enables dropout (needs a 'dropout' rng).
 
     Returns:
-      `f32[B, H, W, C]`.
+      f32, shaped like x.
     """
     batch = x.shape[0]
     dt, fast = self.dtype, self.fast
+    ndim = x.ndim - 2
+    axes = resampled_axes(ndim)
     cond = cond or {}
     res_block = lambda ch, name: layers.ResBlock(
         ch, self.num_groups, self.dropout, self.scale_shift, dt, fast, name=name)
-    attn_block = lambda name: layers.AttentionBlock(self.num_heads, self.num_groups, dt, fast,
-                                                    name=name)
+    self_attention = layers.SpaceTimeAttention if ndim == 3 else layers.AttentionBlock
+    attn_block = lambda name: self_attention(self.num_heads, self.num_groups, dt, fast,
+                                             name=name)
+    resolution = lambda h: h.shape[axes[0]]
     # --- cond["context"]: cross-attention (see the module docstring) ---
     context, context_mask = self._context(cond, batch)
     cross = lambda h, name: attention.SpatialTransformer(
         self.num_heads, self.num_groups, self.transformer_depth, dt, fast, name=name)(
             h, context, context_mask)
-    cross_at = lambda h: self.context_dim and h.shape[1] in self.cross_attention_resolutions
+    cross_at = lambda h: self.context_dim and resolution(h) in self.cross_attention_resolutions
 
     t = jnp.broadcast_to(jnp.asarray(t), (batch,))
     emb_dim = 4 * self.base_channels
@@ -146,19 +171,19 @@ class UNet(nn.Module):
           level)
       h = jnp.concatenate([h, low_res_lib.upsample(low, x.shape[1:-1]).astype(dt)], axis=-1)
 
-    h = layers.conv3x3(self.base_channels, dt, fast=fast, name="conv_in")(h)
+    h = layers.conv3x3(self.base_channels, dt, fast=fast, name="conv_in", ndim=ndim)(h)
     skips = [h]
     num_levels = len(self.channel_mult)
     for level, mult in enumerate(self.channel_mult):
       for i in range(self.num_res_blocks):
         h = res_block(self.base_channels * mult, f"down_{level}_res_{i}")(h, emb, train=train)
-        if h.shape[1] in self.attention_resolutions:
+        if resolution(h) in self.attention_resolutions:
           h = attn_block(f"down_{level}_attn_{i}")(h)
         if cross_at(h):
           h = cross(h, f"down_{level}_xattn_{i}")
         skips.append(h)
       if level != num_levels - 1:
-        h = layers.Downsample(dt, fast, name=f"down_{level}_downsample")(h)
+        h = layers.Downsample(dt, fast, axes, name=f"down_{level}_downsample")(h)
         skips.append(h)
 
     h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
@@ -171,16 +196,16 @@ class UNet(nn.Module):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = res_block(self.base_channels * mult, f"up_{level}_res_{i}")(h, emb, train=train)
-        if h.shape[1] in self.attention_resolutions:
+        if resolution(h) in self.attention_resolutions:
           h = attn_block(f"up_{level}_attn_{i}")(h)
         if cross_at(h):
           h = cross(h, f"up_{level}_xattn_{i}")
       if level != 0:
-        h = layers.Upsample(dt, fast, name=f"up_{level}_upsample")(h)
+        h = layers.Upsample(dt, fast, axes, name=f"up_{level}_upsample")(h)
     assert not skips, len(skips)
 
     h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm_out")(h))
-    h = layers.conv3x3(x.shape[-1], dt, fast=fast, name="conv_out", zero=True)(h)
+    h = layers.conv3x3(x.shape[-1], dt, fast=fast, name="conv_out", zero=True, ndim=ndim)(h)
     return h.astype(jnp.float32)
 
   def _context(self, cond, batch):
@@ -212,20 +237,33 @@ class UNet(nn.Module):
     return low, jnp.broadcast_to(jnp.asarray(level, jnp.float32), (x_shape[0],))
 
 
+# The sample shapes the U-Net takes, by rank: what each axis is (for messages).
+LAYOUTS = {2: "(L, C)", 3: "(H, W, C)", 4: "(T, H, W, C)"}
+
+
+def resampled_axes(ndim: int) -> tuple:
+  """The axes of `[B, *spatial, C]` that down/upsampling halves/doubles, for `ndim` spatial
+  axes: every one, except a video's time axis (axis 1)."""
+  return (2, 3) if ndim == 3 else tuple(range(1, ndim + 1))
+
+
 def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attention_resolutions,
           num_heads, dropout, num_groups, num_classes, **_) -> None:
-  """Checks that the architecture fits `sample_shape` (H, W, C).
+  """Checks that the architecture fits `sample_shape`: (L, C), (H, W, C) or (T, H, W, C).
 
   Raises:
-    ValueError: naming the keyword, when the image size is not divisible by the total
-      downsampling, num_groups does not divide a channel count, num_heads does not divide the
-      channels of an attention level, an attention resolution is never reached, or a size is
-      out of range.
+    ValueError: naming the keyword, when a resampled size (L, or H and W) is not divisible by
+      the total downsampling, num_groups does not divide a channel count, num_heads does not
+      divide the channels of an attention level, an attention resolution is never reached, or
+      a size is out of range.
   """
-  if len(sample_shape) != 3 or min(sample_shape) < 1:
-    raise ValueError(f"the U-Net draws images: sample_shape must be (H, W, C) of positive "
-                     f"sizes, got {tuple(sample_shape)}")
-  height, width, _ = sample_shape
+  sample_shape = tuple(sample_shape)
+  if len(sample_shape) not in LAYOUTS or min(sample_shape) < 1:
+    raise ValueError(f"sample_shape must be {' or '.join(LAYOUTS.values())} of positive sizes "
+                     f"(1-D signals, images, video), got {sample_shape}")
+  ndim = len(sample_shape) - 1
+  sizes = [sample_shape[a - 1] for a in resampled_axes(ndim)]
+  what = {1: "length L", 2: "image size HxW", 3: "frame size HxW"}[ndim]
   mult = tuple(channel_mult)
   if not mult or any(int(k) < 1 for k in mult):
     raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {mult}")
@@ -234,21 +272,22 @@ def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attentio
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name} must be an int >= 1, got {value!r}")
   factor = 2 ** (len(mult) - 1)
-  if height % factor or width % factor:
+  if any(size % factor for size in sizes):
     raise ValueError(
-        f"the image size {height}x{width} must be divisible by 2**(len(channel_mult)-1)="
+        f"the {what} {'x'.join(map(str, sizes))} must be divisible by 2**(len(channel_mult)-1)="
         f"{factor} (channel_mult={mult} downsamples {len(mult) - 1} times)")
   channels = sorted({base_channels} | {base_channels * k for k in mult})
   bad = [c for c in channels if c % num_groups]
   if bad:
     raise ValueError(f"num_groups={num_groups} must divide every channel count of the network "
                      f"{channels}; it does not divide {bad}")
-  resolutions = [height // 2**i for i in range(len(mult))]
+  resolutions = [sizes[0] // 2**i for i in range(len(mult))]
   unreached = [r for r in attention_resolutions if r not in resolutions]
   if unreached:
+    first = {1: "length", 2: "image height", 3: "frame height"}[ndim]
     raise ValueError(f"attention_resolutions={tuple(attention_resolutions)} holds {unreached}, "
                      f"not reached by the network; its resolutions are {resolutions} (from the "
-                     f"image size {height} and channel_mult={mult})")
+                     f"{first} {sizes[0]} and channel_mult={mult})")
   attn_channels = {base_channels * mult[-1]} | {
       base_channels * k for k, r in zip(mult, resolutions) if r in attention_resolutions}
   bad = sorted(c for c in attn_channels if c % num_heads)
@@ -276,11 +315,18 @@ def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, co
       given without context_dim, num_heads not dividing a cross-attention level's channels, or
       a low_res_size that does not divide the image size into an integer factor > 1.
   """
-  height, width, _ = sample_shape
   mult = tuple(channel_mult)
   _int("context_dim", context_dim, 0)
   _int("transformer_depth", transformer_depth, 1)
   _int("low_res_size", low_res_size, 0)
+  if len(sample_shape) != 3:
+    for name, value in (("context_dim", context_dim), ("low_res_size", low_res_size)):
+      if value:
+        raise ValueError(f"{name}={value} conditions image models (H, W, C); the sample shape "
+                         f"{tuple(sample_shape)} is {LAYOUTS.get(len(sample_shape), '?')}: set "
+                         f"{name}=0")
+    return
+  height, width, _ = sample_shape
   resolutions = [height // 2**i for i in range(len(mult))]
   if cross_attention_resolutions and not context_dim:
     raise ValueError(f"cross_attention_resolutions={tuple(cross_attention_resolutions)} needs "

@@ -8,11 +8,12 @@ value where it uses it; a ValueError it raises comes back prefixed with the sect
 import contextlib
 from typing import Optional
 
+from diffax import autoencoder_loss
 from diffax import losses
 from diffax import models
 from diffax import sampling
 from diffax import schedules
-from diffax.pipeline import shapes
+from diffax.pipeline import kinds
 
 # config.model keys that are not architecture keywords of models.create.
 _MODEL_KEYS = ("name", "dtype", "fast_layers")
@@ -35,29 +36,66 @@ def schedule(config) -> schedules.Schedule:
     raise ValueError(f"config.diffusion.schedule={d.schedule!r} is unknown; choose one of "
                      f"{sorted(schedules.SCHEDULES)}")
   with section("config.diffusion"):
-    if d.schedule == "linear":
-      return schedules.linear(d.num_steps, d.beta_start, d.beta_end)
+    if d.schedule in ("linear", "scaled_linear"):
+      return schedules.SCHEDULES[d.schedule](d.num_steps, d.beta_start, d.beta_end)
     return schedules.cosine(d.num_steps)
 
 
 def sample_shape(config) -> tuple:
-  """The shape of one training example, from `config.data`: (H, W, C) (`shapes`)."""
-  return shapes.sample_shape(config.data)
+  """The shape of one training example, from `config.data`: (H, W, C) for images, (T, H, W, C)
+  for video, (L, C) for audio (`kinds`)."""
+  return kinds.sample_shape(config.data)
 
 
-def model(config, *, dtype: Optional[str] = None) -> models.Model:
+def model(config, *, dtype: Optional[str] = None,
+          shape: Optional[tuple] = None) -> models.Model:
   """The network of `config.model` for the examples of `config.data`.
 
   Args:
     config: the run config.
     dtype: the compute dtype; default `config.model.dtype`.
+    shape: the shape of one example the network sees; default `sample_shape(config)`, the
+      images (a latent diffusion model sees latents instead: `latent.latent_shape`).
   """
   m = config.model
   arch = {k: v for k, v in m.items() if k not in _MODEL_KEYS}
   with section("config.model"):
-    return models.create(m.name, sample_shape=sample_shape(config),
+    return models.create(m.name, sample_shape=sample_shape(config) if shape is None else shape,
                          dtype=m.dtype if dtype is None else dtype,
                          fast_layers=m.get("fast_layers"), **arch)
+
+
+def autoencoder(config):
+  """The KL autoencoder of `config.model` (`name = "autoencoder"`) for `config.data`'s images."""
+  m = config.model
+  if m.name != "autoencoder":
+    raise ValueError(f"config.model.name={m.name!r}: config.task='autoencoder' trains the model "
+                     f"'autoencoder'")
+  arch = {k: v for k, v in m.items() if k not in _MODEL_KEYS}
+  with section("config.model"):
+    return models.create_autoencoder(sample_shape=sample_shape(config), dtype=m.dtype,
+                                     fast_layers=m.get("fast_layers"), **arch)
+
+
+def discriminator(config):
+  """The PatchGAN discriminator of `config.autoencoder`, or None when `disc_weight` is 0."""
+  a = config.autoencoder
+  if not a.disc_weight > 0:
+    return None
+  with section("config.autoencoder"):
+    return models.create_discriminator(
+        sample_shape=sample_shape(config), base_channels=a.disc_channels,
+        num_layers=a.disc_layers, num_groups=config.model.num_groups,
+        fast_layers=config.model.get("fast_layers"))
+
+
+def autoencoder_loss_fn(config, ae, disc):
+  """The autoencoder's loss of `config.autoencoder` (`diffax.autoencoder_loss`)."""
+  a = config.autoencoder
+  with section("config.autoencoder"):
+    return autoencoder_loss.make_loss_fn(
+        ae, disc, reconstruction=a.reconstruction, kl_weight=a.kl_weight,
+        disc_weight=a.disc_weight, disc_start=a.disc_start, sample=a.sample_posterior)
 
 
 def loss_fn(config, net: models.Model, noise_schedule: schedules.Schedule):

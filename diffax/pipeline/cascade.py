@@ -27,6 +27,7 @@ import numpy as np
 from diffax.pipeline import build
 from diffax.pipeline import checks
 from diffax.pipeline import conditions
+from diffax.pipeline import latent
 from diffax.pipeline import images as images_lib
 from diffax.pipeline import parallel
 from diffax.pipeline import sample as sample_lib
@@ -78,6 +79,9 @@ def load(workdirs: Sequence[Workdir], overrides: Optional[Sequence[dict]] = None
                        f"{unknown}; the fields are {sorted(config.sample)}")
     with config.unlocked():
       config.sample.update({k: v for k, v in override.items() if v is not None})
+    if latent.enabled(config):
+      raise ValueError(f"cascade stage {index} ({workdir}) is a latent diffusion run; a cascade "
+                       f"chains pixel-space models (sample it alone with --workdir)")
     try:
       checks.check_sampling(config)
       net, schedule = build.model(config), build.schedule(config)

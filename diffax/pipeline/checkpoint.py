@@ -32,6 +32,10 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from diffax.pipeline import optim
+from diffax.pipeline import parallel
+from diffax.pipeline import state as state_lib
+
 PyTree = Any
 
 # Written by Orbax 0.12.8 into every step directory as the last act of a save, before the
@@ -116,6 +120,9 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"config.train.keep_checkpoints must be >= 1, got {keep}")
     _configure_array_handler()
+    directory = os.fspath(directory)
+    if "://" not in directory:  # Orbax 0.12.8 refuses to save under a relative path
+      directory = os.path.abspath(directory)
     self.directory = epath.Path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
@@ -305,15 +312,52 @@ class Checkpointer:
     self.close()
 
 
-def latest_step_in(directory) -> Optional[int]:
-  """The newest complete checkpoint's step in `directory`, looked up without opening (or
-  creating) anything; None when there is none."""
+def steps_in(directory) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, ascending, looked up without
+  opening (or creating) anything."""
   directory = epath.Path(directory)
   if not directory.exists():
-    return None
-  steps = [int(p.name) for p in directory.iterdir()
-           if p.name.isdigit() and (p / COMMIT_FILE).exists()]
-  return max(steps, default=None)
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and (p / COMMIT_FILE).exists())
+
+
+def latest_step_in(directory) -> Optional[int]:
+  """The newest complete checkpoint's step in `directory`; None when there is none."""
+  return max(steps_in(directory), default=None)
+
+
+def load_ema_params(workdir, config, init_fn: Callable, *, mesh=None,
+                    step: Optional[int] = None):
+  """The EMA params of a training run's checkpoint (the newest, or `step`), and its step.
+
+  Args:
+    workdir: the run directory (a `workdir.Workdir`).
+    config: its config (`workdir.load_config()`).
+    init_fn: `init_fn(rng) -> params` of what the run trained (its task's), for the shapes.
+    mesh: where to place the params (default: every device), replicated.
+    step: the checkpoint to read; None for the newest that restores.
+
+  Returns:
+    `(ema_params, step)`.
+
+  Raises:
+    FileNotFoundError: no checkpoint in the workdir, or none at `step`.
+  """
+  steps = steps_in(workdir.checkpoints)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {workdir.checkpoints}: train first, or check "
+                            "--workdir")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {workdir.checkpoints} (it holds "
+                            f"{steps})")
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  tx, _ = optim.create_optimizer(config)
+  create = lambda rng: state_lib.create_train_state(init_fn, tx, rng)
+  target = parallel.abstract_state(create, mesh, jax.random.key(0))
+  with from_config(config, workdir) as ckpt:
+    state = ckpt.restore_or_init(target) if step is None else ckpt.restore(target, step)
+  return state.ema_params, int(state.step)
 
 
 def from_config(config, workdir) -> Checkpointer:

@@ -47,15 +47,33 @@ def check_conditioning(config) -> None:
                        f"(config.model.low_res_size > 0)")
 
 
+def check_latent_sampling(config) -> None:
+  """Clipping to pixels' range has no place in a latent model's sampler: its x0 estimates are
+  unit-variance latents, not images in [-1, 1]."""
+  section = config.get("latent")
+  if section is None or not section.get("autoencoder_workdir"):
+    return
+  if config.sample.clip_x0:
+    raise ValueError("config.sample.clip_x0=True clips x0 estimates to [-1, 1], the range of "
+                     "pixels; a latent model (config.latent.autoencoder_workdir is set) "
+                     "samples unit-variance latents: set config.sample.clip_x0=False")
+  if config.sample.threshold:
+    raise ValueError(f"config.sample.threshold={config.sample.threshold} (dynamic "
+                     f"thresholding) rescales x0 estimates to [-1, 1], the range of pixels; a "
+                     f"latent model samples unit-variance latents: set config.sample.threshold=0")
+
+
 def check_sampling(config) -> None:
-  """`config.sample` against the trained schedule and conditioning."""
+  """`config.sample` against the trained schedule, conditioning and latent space."""
   if config.sample.num_steps > config.diffusion.num_steps:
     raise ValueError(f"config.sample.num_steps={config.sample.num_steps} exceeds the "
                      f"config.diffusion.num_steps={config.diffusion.num_steps} the model was "
                      f"trained on")
   check_conditioning(config)
+  check_latent_sampling(config)
 
 
 def check(config) -> None:
-  """Every cross-field rule of a training config."""
-  check_sampling(config)
+  """Every cross-field rule of a training config (an autoencoder run samples nothing)."""
+  if config.get("task", "diffusion") == "diffusion":
+    check_sampling(config)

@@ -8,7 +8,6 @@ config field, an unknown config variant) are reported the same way.
 """
 
 import re
-import re
 import sys
 
 from absl import app

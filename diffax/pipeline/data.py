@@ -1,4 +1,4 @@
-"""Input pipeline: a TFDS image dataset -> host-local numpy batches, resumable at any step.
+"""Input pipeline: a TFDS dataset -> host-local numpy batches, resumable at any step.
 
 `create_iterator(config, start_step=k)` yields, for every training step from `k` on, a dict of
 host-local numpy arrays:
@@ -7,21 +7,24 @@ host-local numpy arrays:
 
 (plus `"caption": bytes [B_local]` when the dataset has a "caption" text feature), with
 `B_local = config.train.batch_size // process_count`, `H = config.data.image_size`,
-`W = config.data.image_width` (None: H, square images) and `C = config.data.channels`. No JAX
+`W = config.data.image_width` (None: H, square images) and `C = config.data.channels`; for
+`config.data.kind` "video" the key is "video", `f32 [B_local, T, H, W, C]`, for "audio" it is
+"audio", `f32 [B_local, L, C]` (`kinds`, `preprocess`). No JAX
 here: `diffax.pipeline.parallel` places the batches on devices.
 
 Exact resume. The batch of step k is a function of (config.seed, k, process_index) alone, so a
 run restarted at step k sees exactly the batches an uninterrupted run would have seen. This
 host's shard of N examples is read as an endless stream of epochs; epoch e is the shard in an
 order drawn from a seed derived from (seed, process_index, e), and example i of epoch e is
-flipped (when config.data.random_flip) by a coin drawn from (seed, process_index, e, i). Step k
+flipped (when config.data.random_flip; a clip's frames all alike; never audio) by a coin drawn
+from (seed, process_index, e, i). Step k
 reads stream positions [k * B_local, (k + 1) * B_local), so resuming means starting at epoch
 (k * B_local) // N and skipping (k * B_local) % N examples of it. Batches run across epoch
 boundaries; no example is dropped.
 
 Two ways of reading, both exact:
-- in memory (shards whose preprocessed float32 images fit in IN_MEMORY_MAX_BYTES, e.g. digits,
-  MNIST): the shard is preprocessed once into a numpy array and each batch is a numpy gather;
+- in memory (shards whose preprocessed float32 examples fit in IN_MEMORY_MAX_BYTES, e.g.
+  digits, MNIST, moving_digits, tones): the shard is preprocessed once into a numpy array and each batch is a numpy gather;
   epoch orders are numpy permutations, so resuming costs nothing.
 - streaming (larger shards, e.g. CIFAR-10 at 32x32x3, CelebA): tf.data reads the TFDS files in
   their fixed order (shuffle_files=False, deterministic), shuffles each epoch with a buffer of
@@ -30,14 +33,12 @@ Two ways of reading, both exact:
   reads (but does not decode) the skipped part of the first epoch.
 config.data.get("in_memory") = True/False forces one way; the default picks by size. Each way
 gives its own (deterministic) order: a run must resume with the same choice it started with,
-which the default guarantees for the same dataset, image size and process count.
+which the default guarantees for the same dataset, example shape and process count.
 
-Preprocessing: decode; center-crop images to the aspect ratio H:W; resize to H x W with
-"area" when shrinking and "bilinear" when enlarging (no resize when the size matches, so
-digits' pixel values are exact); convert channels (RGB -> grayscale with ITU-R 601 weights,
-grayscale -> RGB by repeating, RGBA -> RGB by dropping alpha; other combinations raise);
-scale 0..255 to [-1, 1] as x / 127.5 - 1. Labels come from the "label" feature when the
-dataset has one, else they are zeros (e.g. celeb_a).
+Preprocessing (`preprocess`): images and frames are decoded, center-cropped to the aspect ratio
+H:W, resized to H x W and scaled to [-1, 1]; audio is scaled to [-1, 1], cropped or zero-padded
+to length. Labels come from the "label" feature when the dataset has one, else they are zeros
+(e.g. celeb_a, moving_mnist); a "caption" text feature is passed through.
 
 Host sharding: process p of P reads `tfds.even_splits(config.data.split, P)[p]`: disjoint
 shards covering the split, sizes differing by at most one.
@@ -47,13 +48,15 @@ it never takes accelerator memory from JAX) and bounds its thread pools to
 `config.data.get("num_threads")` (default: half the CPU cores, at most 8) so it leaves the cores
 to JAX; the tf.data pipeline runs in a private thread pool of that size.
 
-Missing data: "digits" and the captioned digits (`datasets.captioned`) are prepared
-automatically (no network, seconds; mnist_text from a prepared `mnist`). Any other dataset
+Missing data: the embedded datasets ("digits", "moving_digits", "tones" and the captioned
+digits of `datasets.captioned`) are prepared automatically (no network, seconds; mnist_text
+from a prepared `mnist`). Any other dataset
 that is not prepared in the data_dir is downloaded only when config.data.get("download", True)
 is true (TFDS retries an unreachable network for minutes before it fails: the log says so
 first); with download False it fails at once with a message that says how to prepare it.
 """
 
+import math
 import os
 from typing import Iterator, NamedTuple, Optional
 
@@ -82,16 +85,19 @@ def _import_tensorflow_quietly():
 
 tf, tfds = _import_tensorflow_quietly()
 
-from diffax.pipeline import shapes  # pylint: disable=g-import-not-at-top
-from diffax.pipeline import datasets as _datasets  # pylint: disable=unused-import  # registers "digits"
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from diffax.pipeline import datasets as _datasets  # pylint: disable=unused-import  # registers them
+from diffax.pipeline import kinds
+from diffax.pipeline import preprocess as preprocess_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-# Shards whose preprocessed float32 images take at most this many bytes are held in memory.
+# Shards whose preprocessed float32 examples take at most this many bytes are held in memory.
 IN_MEMORY_MAX_BYTES = 256 * 2**20
 # Batches tf.data prepares ahead of the training step (streaming only).
 PREFETCH_BATCHES = 2
-# Prepared without network, automatically (the MNIST ones from a prepared `mnist`).
-EMBEDDED_DATASETS = ("digits", "digits_text", "digits_pairs_text", "mnist_text",
-                     "mnist_pairs_text")
+# Prepared without network, automatically (the MNIST captions from a prepared `mnist`).
+EMBEDDED_DATASETS = ("digits", "moving_digits", "tones", "digits_text", "digits_pairs_text",
+                     "mnist_text", "mnist_pairs_text")
 
 Batch = dict[str, np.ndarray]
 
@@ -103,12 +109,13 @@ class DatasetInfo(NamedTuple):
 
   Attributes:
     num_examples: examples in config.data.split, summed over all hosts.
-    image_shape: (H, W, C) of the images the iterator yields.
+    image_shape: the shape of one example the iterator yields: (H, W, C) of an image, or
+      (T, H, W, C) / (L, C) of a video / audio clip (`kinds.sample_shape`).
     num_classes: classes of the "label" feature; 0 when the dataset has no labels.
   """
 
   num_examples: int
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, ...]
   num_classes: int
 
 
@@ -125,7 +132,8 @@ def create_iterator(config, *, start_step: int = 0, process_index: Optional[int]
 
   Returns:
     An iterator of dicts {"image": f32 [B_local, H, W, C] in [-1, 1], "label": i32 [B_local]},
-    B_local = config.train.batch_size // process_count.
+    B_local = config.train.batch_size // process_count ("video" / "audio" and their shapes for
+    those kinds).
 
   Raises:
     ValueError: on a bad config value, a batch size not divisible by process_count, or an
@@ -143,57 +151,61 @@ def create_iterator(config, *, start_step: int = 0, process_index: Optional[int]
   if int(start_step) < 0:
     raise ValueError(f"start_step must be >= 0; got {start_step}.")
   local_batch = batch_size // process_count
+  shape = kinds.sample_shape(config.data)
+  if config.data.random_flip and kinds.kind(config.data) == "audio":
+    raise ValueError("config.data.random_flip mirrors images and video frames; an audio clip "
+                     "has nothing to mirror: set it to False.")
   _configure_tensorflow(config)
   builder = _prepared_builder(config)
-  preprocess = _make_preprocess(builder.info.features, config.data)
-  if config.model.get("context_dim", 0) and not isinstance(
-      _feature(builder.info.features, "caption"), tfds.features.Text):
+  preprocess = preprocess_lib.make(builder.info.features, config.data)
+  if config.model.get("context_dim", 0) and not preprocess.has_caption:
     raise ValueError(f"config.model.context_dim > 0 trains on captions, but "
                      f"config.data.dataset={config.data.dataset!r} has no 'caption' text "
                      f"feature (use e.g. digits_text)")
   split = config.data.split
   if process_count > 1:
     split = tfds.even_splits(split, n=process_count)[process_index]
-  examples = _read(builder, split)
+  examples = _read(builder, split, preprocess.decoders)
   num_examples = _cardinality(examples, config.data)
   if num_examples == 0:
     raise ValueError(f"Process {process_index} of {process_count} has no examples of split "
                      f"{config.data.split!r} of {config.data.dataset!r}.")
   seed_key = _seed_key(config.seed, process_index)
-  (height, width), channels = shapes.image_size(config.data), int(config.data.channels)
   in_memory = config.data.get("in_memory", None)
   if in_memory is None:
-    in_memory = num_examples * height * width * channels * 4 <= IN_MEMORY_MAX_BYTES
+    in_memory = num_examples * math.prod(shape) * 4 <= IN_MEMORY_MAX_BYTES
   logging.info("diffax.pipeline.data: %s split %r, process %d of %d: %d examples, %s, batch %d from "
                "step %d.", config.data.dataset, config.data.split, process_index, process_count,
                num_examples, "in memory" if in_memory else "streaming", local_batch,
                start_step)
   if in_memory:
     arrays = _load_all(examples, preprocess, config.data)
-    return _in_memory_batches(arrays, seed_key=seed_key, batch_size=local_batch,
+    return _in_memory_batches(arrays, key=preprocess.kind, seed_key=seed_key,
+                              batch_size=local_batch,
                               start_step=int(start_step), random_flip=config.data.random_flip)
-  return _streaming_batches(examples, preprocess, config.data, num_examples=num_examples,
+  return _streaming_batches(examples, preprocess.fn, config.data, num_examples=num_examples,
                             seed_key=seed_key, batch_size=local_batch,
                             start_step=int(start_step))
 
 
 def dataset_info(config) -> DatasetInfo:
-  """Returns the size of config.data.split, the yielded image shape and the number of classes.
+  """Returns the size of config.data.split, the yielded example shape and the number of classes.
 
-  Prepares "digits" if needed; raises like `create_iterator` on a missing dataset.
+  Prepares an embedded dataset if needed; raises like `create_iterator` on a missing dataset.
   """
   _configure_tensorflow(config)
   builder = _prepared_builder(config)
-  _make_preprocess(builder.info.features, config.data)  # Validates image size and channels.
-  label = _feature(builder.info.features, "label") if _has_label(builder.info.features) else None
-  height, width = shapes.image_size(config.data)
+  features = builder.info.features
+  preprocess = preprocess_lib.make(features, config.data)  # Validates the config against it.
+  label = preprocess_lib.feature(features, "label") if preprocess_lib.has_label(features) else None
   return DatasetInfo(
-      num_examples=_cardinality(_read(builder, config.data.split), config.data),
-      image_shape=(height, width, int(config.data.channels)),
+      num_examples=_cardinality(_read(builder, config.data.split, preprocess.decoders),
+                                config.data),
+      image_shape=kinds.sample_shape(config.data),
       num_classes=int(getattr(label, "num_classes", 0) or 0))
 
 
-def load_eval_images(config, num_images: int, *, split: Optional[str] = None) -> Batch:
+def load_eval_images(config, num_images: Optional[int], *, split: Optional[str] = None) -> Batch:
   """Returns the first `num_images` examples of a split, preprocessed, unflipped, in file order.
 
   For evaluation against real data (reference statistics, held-out likelihoods). The order is
@@ -202,19 +214,21 @@ def load_eval_images(config, num_images: int, *, split: Optional[str] = None) ->
 
   Args:
     config: a diffax config (reads `data.*`).
-    num_images: how many examples; at most the size of the split.
+    num_images: how many examples; at most the size of the split (None: all of them).
     split: a TFDS split; None means config.data.split (e.g. "test" for held-out digits).
 
   Returns:
-    {"image": f32 [num_images, H, W, C] in [-1, 1], "label": i32 [num_images]} (and
-    "caption": bytes [num_images] for a captioned dataset).
+    {"image": f32 [num_images, H, W, C] in [-1, 1], "label": i32 [num_images]} ("video" /
+    "audio" and their shapes for those kinds; and "caption": bytes [num_images] for a
+    captioned dataset).
   """
   _configure_tensorflow(config)
   builder = _prepared_builder(config)
-  preprocess = _make_preprocess(builder.info.features, config.data)
+  preprocess = preprocess_lib.make(builder.info.features, config.data)
   split = config.data.split if split is None else split
-  examples = _read(builder, split)
+  examples = _read(builder, split, preprocess.decoders)
   available = _cardinality(examples, config.data)
+  num_images = available if num_images is None else num_images
   if not 0 < num_images <= available:
     raise ValueError(f"num_images must be in [1, {available}] (the size of split {split!r} of "
                      f"{config.data.dataset!r}); got {num_images}.")
@@ -230,10 +244,11 @@ def captions(config, *, split: Optional[str] = None) -> list[str]:
   """
   _configure_tensorflow(config)
   builder = _prepared_builder(config)
-  if not isinstance(_feature(builder.info.features, "caption"), tfds.features.Text):
+  preprocess = preprocess_lib.make(builder.info.features, config.data)
+  if not preprocess.has_caption:
     raise ValueError(f"config.data.dataset={config.data.dataset!r} has no 'caption' text "
                      f"feature")
-  examples = _read(builder, config.data.split if split is None else split)
+  examples = _read(builder, config.data.split if split is None else split, preprocess.decoders)
   texts = examples.map(lambda example: example["caption"]).batch(4096)
   found = set()
   for batch in texts.with_options(_data_options(config.data)).as_numpy_iterator():
@@ -287,9 +302,10 @@ def _prepared_builder(config) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(
-        f"config.data.dataset={name!r} is not a TFDS dataset: use \"digits\" (embedded) or a "
-        "TFDS image dataset name such as \"mnist\", \"fashion_mnist\", \"cifar10\", "
-        "\"celeb_a\" (https://www.tensorflow.org/datasets/catalog).") from e
+        f"config.data.dataset={name!r} is not a TFDS dataset: use an embedded one "
+        f"({', '.join(EMBEDDED_DATASETS)}) or a TFDS dataset name such as \"mnist\", "
+        "\"cifar10\", \"celeb_a\", \"moving_mnist\", \"speech_commands\" "
+        "(https://www.tensorflow.org/datasets/catalog).") from e
   if builder.is_prepared():
     return builder
   where = builder.data_dir
@@ -319,13 +335,13 @@ def _prepared_builder(config) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def _read(builder, split) -> tf.data.Dataset:
+def _read(builder, split, decoders) -> tf.data.Dataset:
   """Reads a split in the fixed order of its files; images stay encoded until preprocessing."""
   options = tf.data.Options()
   options.deterministic = True
   read_config = tfds.ReadConfig(options=options, try_autocache=False)
   return builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
-                            decoders={"image": tfds.decode.SkipDecoding()})
+                            decoders=decoders or None)
 
 
 def _cardinality(examples: tf.data.Dataset, data_config) -> int:
@@ -336,97 +352,9 @@ def _cardinality(examples: tf.data.Dataset, data_config) -> int:
   return num_examples
 
 
-def _feature(features, key):
-  """features[key] of a TFDS FeaturesDict, or None."""
-  if isinstance(features, tfds.features.FeaturesDict) and key in features:
-    return features[key]
-  return None
-
-
-def _has_label(features) -> bool:
-  label = _feature(features, "label")
-  return label is not None and label.shape == () and np.issubdtype(label.np_dtype, np.integer)
-
-
-def _make_preprocess(features, data_config):
-  """Returns preprocess(example, flip_seed=None) -> {"image": f32 [S, S, C], "label": i32 []}.
-
-  Raises:
-    ValueError: when the dataset has no uint8 "image" feature, or on a bad image_size/channels.
-  A "caption" text feature, when the dataset has one, is passed through as a string.
-  """
-  name = data_config.dataset
-  image_feature = _feature(features, "image")
-  if not isinstance(image_feature, tfds.features.Image):
-    keys = sorted(features.keys()) if hasattr(features, "keys") else features
-    raise ValueError(f"Dataset {name!r} has no \"image\" Image feature (features: {keys}); "
-                     "diffax trains on image datasets.")
-  if image_feature.np_dtype != np.uint8:
-    raise ValueError(f"Dataset {name!r} has {image_feature.np_dtype} images; diffax reads "
-                     "uint8 images (0..255).")
-  size, channels = shapes.image_size(data_config), int(data_config.channels)
-  if channels not in (1, 3):
-    raise ValueError(f"config.data.channels must be 1 or 3; got {channels}.")
-  source_channels = image_feature.shape[-1]
-  if (source_channels, channels) not in ((1, 1), (3, 3), (4, 3), (1, 3), (3, 1), (4, 1)):
-    raise ValueError(f"Dataset {name!r} has {source_channels}-channel images; cannot convert "
-                     f"them to config.data.channels={channels}.")
-  has_label = _has_label(features)
-  has_caption = isinstance(_feature(features, "caption"), tfds.features.Text)
-
-  def preprocess(example, flip_seed=None):
-    image = image_feature.decode_example(example["image"])
-    image = _to_channels(tf.cast(image, tf.float32), source_channels, channels)
-    image = _resize(_center_crop(image, size), size)
-    image = tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
-    if flip_seed is not None:
-      image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    image = tf.ensure_shape(image, (*size, channels))
-    label = tf.cast(example["label"], tf.int32) if has_label else tf.zeros((), tf.int32)
-    out = {"image": image, "label": label}
-    if has_caption:
-      out["caption"] = example["caption"]
-    return out
-
-  return preprocess
-
-
-def _to_channels(image, source_channels, channels):  # [h, w, c] -> [h, w, channels]
-  if source_channels == 4:
-    image, source_channels = image[..., :3], 3
-  if source_channels == channels:
-    return image
-  if channels == 1:
-    return tf.image.rgb_to_grayscale(image)
-  return tf.repeat(image, 3, axis=-1)
-
-
-def _center_crop(image, size):  # [h, w, c] -> the largest centred crop of aspect H:W
-  height, width = image.shape[0], image.shape[1]
-  if height is not None and width is not None and height * size[1] == width * size[0]:
-    return image
-  shape = tf.shape(image)
-  crop_h = tf.minimum(shape[0], shape[1] * size[0] // size[1])
-  crop_w = tf.minimum(shape[1], shape[0] * size[1] // size[0])
-  return tf.image.crop_to_bounding_box(image, (shape[0] - crop_h) // 2, (shape[1] - crop_w) // 2,
-                                       crop_h, crop_w)
-
-
-def _resize(image, size):  # [h, w, c] -> [H, W, c]; area to shrink, bilinear to enlarge
-  side = image.shape[0]
-  if side is not None:
-    if side == size[0] and image.shape[1] == size[1]:
-      return image
-    return tf.image.resize(image, size, method="area" if side > size[0] else "bilinear")
-  return tf.cond(
-      tf.shape(image)[0] > size[0],
-      lambda: tf.image.resize(image, size, method="area"),
-      lambda: tf.image.resize(image, size, method="bilinear"))
-
-
 def _load_all(examples, preprocess, data_config) -> Batch:
   """Preprocesses a whole (finite) dataset into numpy arrays, unflipped, in its order."""
-  batches = (examples.map(preprocess, num_parallel_calls=_num_threads(data_config))
+  batches = (examples.map(preprocess.fn, num_parallel_calls=_num_threads(data_config))
              .batch(1024).with_options(_data_options(data_config)).as_numpy_iterator())
   parts = list(batches)
   return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -438,16 +366,16 @@ def _seed_key(seed, process_index) -> np.ndarray:
   return words.astype(np.int64)  # [2]
 
 
-def _in_memory_batches(arrays, *, seed_key, batch_size, start_step,
+def _in_memory_batches(arrays, *, key="image", seed_key, batch_size, start_step,
                        random_flip) -> Iterator[Batch]:
-  """Yields batches gathered from in-memory arrays: images [N, H, W, C], labels [N] (and
-  captions [N]).
+  """Yields batches gathered from in-memory arrays: `arrays[key]` the examples, images
+  [N, H, W, C] (or clips [N, T, H, W, C], [N, L, C]), and the rest (labels [N], captions [N])
+  alike.
 
   Epoch e visits the examples in the permutation drawn from numpy's generator seeded with
   (seed_key, e) and flips position i of the epoch when the same generator's i-th coin says so.
   """
-  images = arrays["image"]
-  num_examples = len(images)
+  num_examples = len(arrays[key])
   orders = {}  # epoch -> (permutation [N], flips [N]); holds the few epochs in use
 
   def order(epoch):
@@ -469,9 +397,9 @@ def _in_memory_batches(arrays, *, seed_key, batch_size, start_step,
       permutation, flips = order(int(epoch))
       index[mask] = permutation[offsets[mask]]
       flip[mask] = flips[offsets[mask]] & random_flip
-    batch = {key: value[index] for key, value in arrays.items()}
-    image = batch["image"]  # [B, H, W, C]
-    image[flip] = image[flip, :, ::-1]
+    batch = {name: value[index] for name, value in arrays.items()}
+    image = batch[key]  # [B, H, W, C] or [B, T, H, W, C]
+    image[flip] = image[flip][..., ::-1, :]  # left-right: W is the second-last axis
     yield batch
     step += 1
 

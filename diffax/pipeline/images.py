@@ -91,9 +91,13 @@ def save_grid(path: str, samples: np.ndarray, *, labels=None, **grid_kwargs) -> 
   return path
 
 
-def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, str]:
+def save_samples(path: str, samples: np.ndarray, *, arrays: dict | None = None,
+                 **grid_kwargs) -> tuple[str, str]:
   """Writes a PNG grid to `path` (`save_grid`, same keywords) and the float32 samples to
   `path` with suffix `.npz` (key `samples`).
+
+  Args:
+    arrays: more arrays for the .npz beside `samples` (e.g. `latents`), by key.
 
   Returns:
     `(png_path, npz_path)`.
@@ -101,8 +105,15 @@ def save_samples(path: str, samples: np.ndarray, **grid_kwargs) -> tuple[str, st
   samples = np.asarray(samples, np.float32)
   save_grid(path, samples, **grid_kwargs)
   npz_path = os.path.splitext(path)[0] + ".npz"
-  np.savez_compressed(npz_path, samples=samples)
+  np.savez_compressed(npz_path, samples=samples, **npz_arrays(arrays))
   return path, npz_path
+
+
+def npz_arrays(arrays: dict | None) -> dict:
+  """Extra arrays for a samples .npz, float32, by key (`samples` is reserved)."""
+  if arrays and "samples" in arrays:
+    raise ValueError("arrays: the key 'samples' is the samples' own")
+  return {k: np.asarray(v, np.float32) for k, v in (arrays or {}).items()}
 
 
 def load_image(path: str, shape, *, name: str = "image", mask: bool = False) -> np.ndarray:

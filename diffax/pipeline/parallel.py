@@ -1,11 +1,15 @@
 """Devices and processes: the mesh, shardings, batch placement, compiling the step, multi-host
 start-up, and stopping every process at the same step on preemption.
 
-This is the only module that knows about devices. Data parallelism is `jax.jit` over a 1-D
-mesh with axis 'data': the train state is replicated (`P()`), the global batch is split along
-its first axis (`P('data')`), and XLA inserts the cross-device gradient reduction. This is the
-pmap programming model written as the JAX docs now recommend; the same code runs on one CPU,
-eight GPUs or a TPU pod, and gives the same numbers up to float rounding.
+This is the only module that knows about devices. Parallelism is `jax.jit` over a 2-D mesh with
+axes ('data', 'fsdp'): the global batch is split along its first axis over every device
+(`P(('data', 'fsdp'))`), and the train state is replicated over 'data' and, when the 'fsdp' axis
+is larger than 1, sharded over it (ZeRO-3 / fully sharded data parallelism: each large
+parameter and its optimizer state is split along one dimension, so a device holds 1/fsdp of
+them; XLA gathers the parameters for the computation and reduce-scatters the gradients). With
+fsdp = 1 this is plain data parallelism, the pmap programming model written as the JAX docs now
+recommend. The same code runs on one CPU, eight GPUs or a TPU pod, and gives the same numbers
+up to float rounding whatever the mesh.
 
 Multi-host: every process runs the same program, loads its own slice of the global batch as
 numpy, and `shard_batch` assembles the global `jax.Array` from the slices.
@@ -23,26 +27,62 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+
+# Leaves with fewer elements stay replicated under FSDP: biases and norms cost nothing to keep
+# whole, and gathering them would cost a collective each.
+FSDP_MIN_SIZE = 2**12
 
 
-def create_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: every device of every process).
+def create_mesh(devices: Optional[Sequence[jax.Device]] = None, *, fsdp: int = 1) -> Mesh:
+  """A 2-D mesh ('data', 'fsdp') over `devices` (default: every device of every process).
 
-  The axis is `AxisType.Auto`: shardings are given at the jit boundary and XLA propagates them
-  through the step, which is what the pmap-style data parallelism here needs.
+  Args:
+    devices: the devices, in the order JAX lists them (processes contiguous).
+    fsdp: the size of the 'fsdp' axis, which parameters and optimizer state are sharded over;
+      it must divide the number of devices. 1: plain data parallelism.
+
+  The axes are `AxisType.Auto`: shardings are given at the jit boundary and XLA propagates them
+  through the step.
   """
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
+  if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"config.parallel.fsdp={fsdp!r} must be a positive divisor of the "
+                     f"{len(devices)} device(s)")
+  return jax.make_mesh((len(devices) // fsdp, fsdp), BATCH_AXES, (AxisType.Auto,) * 2,
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  """The sharding of the train state and the rng: a full copy on every device."""
+  """A full copy on every device (the rng, the metrics, small state leaves)."""
   return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The sharding of batch arrays: split along the leading (batch) axis over 'data'."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """The sharding of batch arrays: split along the leading (batch) axis over every device."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def leaf_sharding(mesh: Mesh, shape) -> NamedSharding:
+  """The sharding of one state leaf: replicated, or (FSDP) split over 'fsdp' along its largest
+  dimension that the axis divides, when the leaf has at least FSDP_MIN_SIZE elements."""
+  fsdp = mesh.shape[FSDP_AXIS]
+  size = int(np.prod(shape)) if len(shape) else 1
+  if fsdp == 1 or size < FSDP_MIN_SIZE:
+    return replicated(mesh)
+  dims = sorted((d for d in range(len(shape)) if shape[d] % fsdp == 0),
+                key=lambda d: -shape[d])
+  if not dims:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[dims[0]] = FSDP_AXIS
+  return NamedSharding(mesh, P(*spec))
+
+
+def state_sharding(mesh: Mesh, tree: Any) -> Any:
+  """The shardings of a train state (a pytree of arrays or `jax.ShapeDtypeStruct`s)."""
+  return jax.tree.map(lambda x: leaf_sharding(mesh, x.shape), tree)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:
@@ -100,6 +140,30 @@ def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(place, host_batch)
 
 
+def shard_padded(host_array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds whole, as a global `jax.Array` sharded over 'data'
+  (each process places only its devices' rows), its leading axis padded to a multiple of the
+  device count by repeating the last row. Callers drop the padding from the result."""
+  x = np.asarray(host_array)
+  pad = -len(x) % mesh.size
+  if pad:
+    x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+  return jax.make_array_from_callback(x.shape, batch_sharding(mesh), lambda index: x[index])
+
+
+def map_batches(fn: Callable, params: Any, host_array: np.ndarray, mesh: Mesh, *,
+                batch_size: int) -> Any:
+  """`fn(params, batch)` over `host_array` in batches of `batch_size`, each split over the
+  mesh (`shard_padded`); the outputs (a pytree of `[B, ...]` arrays; None leaves stay None)
+  gathered to the host and concatenated, padding dropped."""
+  outs = []
+  for start in range(0, len(host_array), batch_size):
+    chunk = host_array[start:start + batch_size]
+    out = fn(params, shard_padded(chunk, mesh))
+    outs.append(jax.tree.map(lambda a, n=len(chunk): to_host(a)[:n], out))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree (e.g. the base rng), identical on every process, on every device.
 
@@ -116,10 +180,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def create_sharded_state(create_fn: Callable[..., Any], mesh: Mesh, *args) -> Any:
-  """Creates the train state directly on the devices, replicated.
+  """Creates the train state directly on the devices, in its `state_sharding`.
 
-  Jitting the initializer with replicated output shardings materializes every parameter on
-  each device without a detour through host memory or device 0.
+  Jitting the initializer with the output shardings materializes every parameter where it
+  lives (each device only its shards) without a detour through host memory or device 0.
 
   Args:
     create_fn: e.g. `functools.partial(train_state.create_train_state, init_fn, tx)`.
@@ -127,41 +191,49 @@ def create_sharded_state(create_fn: Callable[..., Any], mesh: Mesh, *args) -> An
     *args: the arguments of `create_fn` (e.g. the init rng).
 
   Returns:
-    `create_fn(*args)`, every leaf replicated over `mesh`.
+    `create_fn(*args)`, every leaf placed by `state_sharding`.
   """
-  return jax.jit(create_fn, out_shardings=replicated(mesh))(*args)
+  shardings = state_sharding(mesh, jax.eval_shape(create_fn, *args))
+  return jax.jit(create_fn, out_shardings=shardings)(*args)
 
 
 def abstract_state(create_fn: Callable[..., Any], mesh: Mesh, *args) -> Any:
-  """Shapes, dtypes and (replicated) shardings of `create_fn(*args)`, without computing it.
-
-  The restore target for a checkpoint: `jax.ShapeDtypeStruct`s carrying the sharding.
+  """Shapes, dtypes and shardings (`state_sharding`) of `create_fn(*args)`, without computing
+  it: the restore target of a checkpoint, which Orbax places in those shardings whatever the
+  mesh the checkpoint was saved from (replicated <-> FSDP, other device counts).
   """
   shapes = jax.eval_shape(create_fn, *args)
-  sharding = replicated(mesh)
   return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=leaf_sharding(mesh, s.shape)),
+      shapes)
 
 
-def compile_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
-  """Jits `step_fn(state, batch, rng) -> (state, metrics)` for data parallelism on `mesh`.
+def compile_train_step(step_fn: Callable, mesh: Mesh, state: Any = None, *,
+                       frozen: bool = False) -> Callable:
+  """Jits `step_fn(state, batch, rng) -> (state, metrics)` for `mesh`.
 
-  The state and rng are replicated, the batch sharded over 'data', the metrics come back
-  replicated. The input state is donated: its buffers are reused for the new state, so a
-  step needs memory for one state, not two. Do not use a state after passing it in.
+  The state keeps its `state_sharding` (replicated, or FSDP-sharded), the batch is sharded over
+  every device, the rng and metrics are replicated. The input state is donated: its buffers are
+  reused for the new state, so a step needs memory for one state, not two. Do not use a state
+  after passing it in.
 
   Args:
     step_fn: the pure step from `diffax.pipeline.step.make_train_step`.
     mesh: the device mesh.
+    state: the train state or its abstract shapes, to shard it; None: replicated (only right
+      when the mesh's 'fsdp' axis is 1).
+    frozen: the step takes a fourth argument, the frozen parameters (replicated; None when
+      there are none): `step(state, batch, rng, frozen)`.
 
   Returns:
     The jitted step.
   """
   repl = replicated(mesh)
+  states = repl if state is None else state_sharding(mesh, state)
   return jax.jit(
       step_fn,
-      in_shardings=(repl, batch_sharding(mesh), repl),
-      out_shardings=(repl, repl),
+      in_shardings=(states, batch_sharding(mesh), repl) + ((repl,) if frozen else ()),
+      out_shardings=(states, repl),
       donate_argnums=(0,),
   )
 

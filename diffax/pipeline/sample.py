@@ -4,13 +4,16 @@
 image to upsample, an image to edit) and draws them batch by batch on the compile-once program
 of `diffax.sampling.make_sampler`.
 Sample i depends on the seed and i alone: batch size and device count change nothing.
+A latent diffusion model's request samples latents and decodes each batch to pixels with its
+frozen autoencoder (`latent.LatentSpace`); an image to edit is encoded, and an inpainting mask
+downsampled to the latent grid (a latent is known where its whole f x f block of pixels is).
 `load_ema_params` reads a training workdir's newest checkpoint; `sample_workdir` is
 scripts/sample.py.
 """
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,24 +25,24 @@ from diffax.pipeline import build
 from diffax.pipeline import checkpoint
 from diffax.pipeline import checks
 from diffax.pipeline import conditions
-from diffax.pipeline import images as images_lib
-from diffax.pipeline import optim
+from diffax.pipeline import latent
+from diffax.pipeline import media
 from diffax.pipeline import parallel
-from diffax.pipeline import state as state_lib
 from diffax.pipeline.workdir import Workdir
 
 
 def check_edits(*, init_image: bool, mask: bool, strength: bool, resample: bool,
-                prefix: str = "") -> None:
+                prefix: str = "", mask_name: str = "mask") -> None:
   """Raises ValueError when the editing options given do not go together.
 
   Inpainting needs init_image and mask (resample is its option); SDEdit needs init_image and
   strength. The arguments say which options were given; `prefix` goes before each name in the
-  message ("--" for command-line flags).
+  message ("--" for command-line flags); `mask_name` is the option that gave the mask
+  (scripts/sample.py's --known_frames and --known_samples are masks too).
   """
-  p = prefix
+  p, m = prefix, prefix + mask_name
   if mask and not init_image:
-    raise ValueError(f"{p}mask needs {p}init_image: the image whose known pixels it marks")
+    raise ValueError(f"{m} needs {p}init_image: the example whose known part it marks")
   if strength and not init_image:
     raise ValueError(f"{p}strength (SDEdit) needs {p}init_image: the image to edit")
   if resample and not mask:
@@ -56,6 +59,13 @@ def _jitted_run(out_sharding):
   return jax.jit(sampling.compiled.run, static_argnames=("apply_fn", "spec"), **kwargs)
 
 
+class Drawn(NamedTuple):
+  """What a request draws, on the host: `images` `[N, H, W, C]` in pixels, and a latent
+  model's `latents` `[N, h, w, z]` (scaled; None for a pixel model)."""
+  images: np.ndarray
+  latents: Optional[np.ndarray] = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
   """Images to draw with a compiled sampler: `request(params, rng) -> [num_images, ...]`.
@@ -67,12 +77,14 @@ class Request:
     per_image: knob name -> an array of one row per image (`cond` holds a dict of them):
       batch b takes rows b * batch_size ...; an array of fewer rows is cycled.
     mesh: devices to split each batch over ('data' axis), or None for the default device.
+    latent_space: a latent model's `latent.LatentSpace`: each batch is decoded with it.
   """
   sampler: sampling.CompiledSampler
   num_images: int
   knobs: dict = dataclasses.field(default_factory=dict)
   per_image: dict = dataclasses.field(default_factory=dict)
   mesh: Any = None
+  latent_space: Any = None
 
   @property
   def batch_size(self) -> int:
@@ -89,7 +101,11 @@ class Request:
     return self.sampler.knobs(**kwargs)
 
   def __call__(self, params, rng: jax.Array, *, progress: bool = False) -> np.ndarray:
-    """Draws the images, `[num_images, ...]` float32 on the host."""
+    """Draws the images, `[num_images, ...]` float32 on the host (pixels)."""
+    return self.draw(params, rng, progress=progress).images
+
+  def draw(self, params, rng: jax.Array, *, progress: bool = False) -> Drawn:
+    """Draws the images (and a latent model's latents), float32 on the host."""
     if self.num_images < 1:
       raise ValueError(f"the number of images must be >= 1, got {self.num_images}")
     out_sharding = None
@@ -98,20 +114,25 @@ class Request:
                       else parallel.replicated(self.mesh))
     run = _jitted_run(out_sharding)
     num_batches = -(-self.num_images // self.batch_size)
-    chunks = []
+    images, latents = [], []
     for index in tqdm.trange(num_batches, desc="sampling", unit="batch",
                              disable=not progress or jax.process_index() != 0):
-      images = run(self.sampler.apply_fn, params, rng, self.batch_knobs(index),
-                   spec=self.sampler.spec)
-      chunks.append(parallel.to_host(images))
-    return np.concatenate(chunks)[:self.num_images]
+      x = run(self.sampler.apply_fn, params, rng, self.batch_knobs(index),
+              spec=self.sampler.spec)
+      if self.latent_space is not None:
+        latents.append(parallel.to_host(x))
+        x = self.latent_space.decode(x)
+      images.append(parallel.to_host(x))
+    cut = lambda chunks: np.concatenate(chunks)[:self.num_images] if chunks else None
+    return Drawn(cut(images), cut(latents))
 
 
 def request(config, net, noise_schedule, *, num_images: int, batch_size: int, mesh=None,
             class_label: Optional[int] = None, prompts=None, low_res=None,
             noise_level: Optional[float] = None, low_res_rng: Optional[jax.Array] = None,
             conditioner: Optional[conditions.Conditioner] = None, init_image=None, mask=None,
-            strength: Optional[float] = None, resample: Optional[int] = None) -> Request:
+            strength: Optional[float] = None, resample: Optional[int] = None,
+            latent_space=None) -> Request:
   """The `Request` of `config.sample` (its sampler settings, condition and guidance).
 
   Args:
@@ -134,6 +155,10 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
     mask: inpainting: known pixels (nonzero = known), shaped like init_image (or 1 channel).
     strength: SDEdit strength in (0, 1].
     resample: RePaint's resample count (inpainting).
+    latent_space: a latent model's `latent.LatentSpace` (its net draws latents): the images
+      are decoded, an init_image encoded (posterior mean) and a mask downsampled to the
+      latent grid. None: a pixel model (or a latent model's sampler checked without its
+      autoencoder, which then draws undecoded latents).
   """
   check_edits(init_image=init_image is not None, mask=mask is not None,
               strength=strength is not None, resample=resample is not None)
@@ -150,19 +175,24 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
       rng=low_res_rng)
   if cond is not None:
     per_image["cond"] = cond
-  shape = net.sample_shape
+  space = latent_space
+  shape = net.sample_shape if space is None else space.image_shape
   if init_image is not None:
     init_image = _per_image("init_image", init_image, shape).astype(np.float32)
+    if space is not None:
+      init_image = parallel.to_host(space.encode(init_image))  # [N, h, w, z]
     if mask is not None:
       mask = _per_image("mask", mask, shape, any_channels=True) != 0
+      if space is not None:
+        mask = space.mask(mask)  # [N, h, w, z]
       per_image["x_known"] = init_image
-      per_image["mask"] = np.broadcast_to(mask, mask.shape[:-1] + shape[-1:])
+      per_image["mask"] = np.broadcast_to(mask, mask.shape[:-1] + init_image.shape[-1:])
       knobs["resample"] = 1 if resample is None else resample
     if strength is not None:
       per_image["init_image"] = init_image
       knobs["strength"] = strength
   return Request(sampler=compiled, num_images=num_images, knobs=knobs, per_image=per_image,
-                 mesh=mesh)
+                 mesh=mesh, latent_space=space)
 
 
 def _per_image(name: str, array, shape, *, any_channels: bool = False) -> np.ndarray:
@@ -192,20 +222,33 @@ def load_ema_params(workdir: Workdir, config, net, *, mesh=None):
   Raises:
     FileNotFoundError: no checkpoint in the workdir.
   """
-  if checkpoint.latest_step_in(workdir.checkpoints) is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir.checkpoints}: train first, or check "
-                            "--workdir")
-  mesh = parallel.create_mesh() if mesh is None else mesh
-  tx, _ = optim.create_optimizer(config)
-  create = lambda rng: state_lib.create_train_state(net.init_fn, tx, rng)
-  target = parallel.abstract_state(create, mesh, jax.random.key(0))
-  with checkpoint.from_config(config, workdir) as ckpt:
-    state = ckpt.restore_or_init(target)
-  return state.ema_params, int(state.step)
+  return checkpoint.load_ema_params(workdir, config, net.init_fn, mesh=mesh)
+
+
+def check_diffusion_run(workdir: Workdir, config) -> None:
+  """Raises ValueError unless `config` (saved in `workdir`) is a diffusion run: an
+  autoencoder run has nothing to sample."""
+  task = config.get("task", "diffusion")
+  if task != "diffusion":
+    raise ValueError(f"--workdir={workdir} is a config.task={task!r} run; sampling draws from "
+                     f"diffusion runs (a latent one names this workdir in "
+                     f"config.latent.autoencoder_workdir)")
+
+
+def load_model(config, mesh):
+  """The network and noise schedule of a run's config, and for a latent run its latent space
+  (the autoencoder checkpoint and scale factor that training saved in the config).
+
+  Returns:
+    `(net, noise_schedule, latent_space or None)`.
+  """
+  space = latent.load_trained(config, mesh) if latent.enabled(config) else None
+  net = build.model(config, shape=None if space is None else space.shape)
+  return net, build.schedule(config), space
 
 
 def grid_layout(config, num_images: int, prompts=None) -> dict:
-  """How a grid of a run's samples is laid out (`images.save_samples` keywords): one row per
+  """How a grid of a run's samples is laid out (`media.save_samples` keywords): one row per
   prompt, labelled with it, for a text model; one column per class for a class model drawing
   every class; else square."""
   prompts = list(config.sample.prompts if prompts is None else prompts)
@@ -225,9 +268,10 @@ def low_res_rng(seed: int) -> jax.Array:
 def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed: int = 0,
                    prompts=None, low_res=None, init_image=None, mask=None,
                    strength: Optional[float] = None, resample: Optional[int] = None,
-                   progress: bool = True):
-  """Draws `config.sample.num_images` images from a run's EMA params; writes a PNG grid and
-  the float32 samples (.npz, key `samples`) beside it.
+                   progress: bool = True, save_latents: bool = False):
+  """Draws `config.sample.num_images` examples from a run's EMA params; writes a PNG grid and
+  the float32 samples (.npz, key `samples`) beside it, and for video an animated GIF, for audio
+  WAV files (`media.save_samples`).
 
   Args:
     workdir: the run directory.
@@ -237,24 +281,28 @@ def sample_workdir(workdir: Workdir, config, *, out: Optional[str] = None, seed:
     prompts: a text model's prompts (default `config.sample.prompts`); the grid has a row per
       prompt, labelled with it.
     low_res: a super-resolution model's input (see `request`).
-    init_image, mask, strength, resample: editing (see `request`).
+    init_image, mask, strength, resample: editing in pixels (see `request`).
     progress: show a progress bar.
+    save_latents: a latent model's .npz holds its latents too (key `latents`, scaled).
 
   Returns:
-    `(png_path, npz_path, step)`, the paths written (by process 0) and the checkpoint's step.
+    `(paths, step)`: the paths written by process 0, `(png, npz, ...)` (empty on other
+    processes), and the checkpoint's step.
   """
+  check_diffusion_run(workdir, config)
   checks.check_sampling(config)
   mesh = parallel.create_mesh()
-  net, noise_schedule = build.model(config), build.schedule(config)
+  net, noise_schedule, space = load_model(config, mesh)
   req = request(config, net, noise_schedule, num_images=config.sample.num_images,
                 batch_size=config.sample.batch_size, mesh=mesh, prompts=prompts,
                 low_res=low_res, low_res_rng=low_res_rng(seed), init_image=init_image,
-                mask=mask, strength=strength, resample=resample)
+                mask=mask, strength=strength, resample=resample, latent_space=space)
   req.batch_knobs(0)  # checks every setting before the checkpoint is read
   params, step = load_ema_params(workdir, config, net, mesh=mesh)
-  samples = req(params, jax.random.key(seed), progress=progress)
-  png = npz = None
+  drawn = req.draw(params, jax.random.key(seed), progress=progress)
+  paths = ()
   if jax.process_index() == 0:
-    png, npz = images_lib.save_samples(out or workdir.default_samples(), samples,
-                                       **grid_layout(config, len(samples), prompts))
-  return png, npz, step
+    arrays = {"latents": drawn.latents} if save_latents and drawn.latents is not None else {}
+    paths = media.save_samples(out or workdir.default_samples(), drawn.images, config.data,
+                               arrays=arrays, **grid_layout(config, len(drawn.images), prompts))
+  return paths, step

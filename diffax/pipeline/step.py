@@ -13,6 +13,12 @@ communication. The step first adds `batch["index"]`, each example's position in 
 batch, and `diffax.losses` keys each example's randomness (t, noise, condition dropout) on it: every
 example draws the same values whatever k, so k changes the numbers only by float rounding (for a
 model without dropout, whose masks are drawn per micro-batch).
+
+Frozen parts. A stage may need networks it does not train (a latent model's autoencoder, a
+frozen text encoder). Their parameters are the step's fourth argument, `frozen` (replicated,
+never updated, not in the train state or its checkpoints), and `preprocess(frozen, batch, rng)`
+turns each micro-batch into the loss's batch inside the step (e.g. images into latents), so one
+program per step runs on the devices, as for any other model.
 """
 
 from typing import Any, Callable, Optional
@@ -132,7 +138,8 @@ def make_train_step(
     *,
     skip_nonfinite: Optional[bool] = None,
     grad_accum_steps: Optional[int] = None,
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    preprocess: Optional[Callable] = None,
+) -> Callable[..., tuple[TrainState, Metrics]]:
   """Builds the pure training step.
 
   Args:
@@ -150,10 +157,15 @@ def make_train_step(
       `config.train.nonfinite == "skip"` (False when the config has no such field).
     grad_accum_steps: k >= 1 micro-batches per step (see `accumulate_gradients`); the global
       batch must be a multiple of k. None reads `config.train.grad_accum_steps` (default 1).
+    preprocess: `preprocess(frozen, batch, rng) -> batch`, applied to each micro-batch (with
+      its `"index"`) inside the step before the loss; `rng` is the step's key (draw from a
+      stream of your own, keyed per example on the index). None: the batch goes to the loss
+      as it is.
 
   Returns:
-    `step(state, batch, base_rng) -> (new_state, metrics)`. `batch` is the global batch (a dict
-    of `[B, ...]` arrays); `metrics` holds the loss function's aux metrics plus `loss`,
+    `step(state, batch, base_rng, frozen=None) -> (new_state, metrics)`. `batch` is the global
+    batch (a dict of `[B, ...]` arrays); `frozen` the parameters `preprocess` reads; `metrics`
+    holds the loss function's aux metrics plus `loss`,
     `grad_norm` (global norm of the raw gradient, before clipping), `learning_rate` (the rate
     of this update; it is `lr_schedule(state.step)`, which lags the optimizer's own count
     only after skipped updates) and `nonfinite` (1.0 when the loss or gradient was NaN/inf,
@@ -176,10 +188,12 @@ def make_train_step(
     lr_schedule = optim.learning_rate_schedule(
         config.optim.learning_rate, config.optim.warmup_steps)
 
-  def step(state: TrainState, batch: Batch, base_rng: jax.Array):
+  def step(state: TrainState, batch: Batch, base_rng: jax.Array, frozen=None):
     rng = jax.random.fold_in(base_rng, state.step)
-    (loss, aux), grads = accumulate_gradients(loss_fn, state.params, batch, rng,
-                                              grad_accum_steps)
+    loss = loss_fn
+    if preprocess is not None:
+      loss = lambda params, b, r: loss_fn(params, preprocess(frozen, b, r), r)
+    (loss, aux), grads = accumulate_gradients(loss, state.params, batch, rng, grad_accum_steps)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -1,9 +1,11 @@
 """`train_and_evaluate(config, workdir)`: one stage of training, config in, workdir out.
 
-config -> checks -> the task (network, loss, sampler) -> data iterator (host numpy) ->
-`parallel.shard_batch` -> jitted, data-parallel `step(state, batch, rng)` -> `TrainLog`
+config -> checks -> the task (network, loss, sampler; `prepare` loads what it uses frozen,
+e.g. a latent model's autoencoder) -> data iterator (host numpy) -> `task.device_batch` ->
+jitted, data-parallel `step(state, batch, rng, frozen)` -> `TrainLog`
 (progress bar, metrics.jsonl, TensorBoard) -> Orbax checkpoints every `checkpoint_every` steps
--> sample grids from the EMA params every `sample_every` steps.
+-> sample grids from the EMA params every `sample_every` steps -> the task's evaluation
+every `config.eval.every` steps (`evaluate`: metrics.jsonl, TensorBoard and eval/).
 
 A run resumes from the newest intact checkpoint in `workdir`. Its data order and randomness are
 functions of the step, so a resumed run logs the same losses as an uninterrupted one.
@@ -101,10 +103,10 @@ def train_and_evaluate(config, workdir):
   checks.check(config)
   initialize_distributed(config)
   compilation_cache.enable()
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh(fsdp=config.parallel.fsdp)
   check_loop_options(config, mesh)
   task = tasks.create(config)
-  task.check_sampling()
+  task.check()
   # Imported here, after every check: it loads TensorFlow (seconds), which a config error
   # should not wait for.
   from diffax.pipeline import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -113,38 +115,49 @@ def train_and_evaluate(config, workdir):
       process_count=jax.process_count())
   tx, lr_schedule = optim.create_optimizer(config)
   init_rng, train_rng = rngs(config.seed)
-  create = lambda rng: state_lib.create_train_state(task.model.init_fn, tx, rng)
+  create = lambda rng: state_lib.create_train_state(task.init_fn, tx, rng)
   start_step = checkpoint.latest_step_in(workdir.checkpoints) or 0
   batches = open_batches(start_step)  # opens (and checks) the data before anything is written
+  config = task.prepare(workdir, mesh)  # e.g. a latent model's autoencoder and scale factor
+  # Sample quality every config.eval.every steps (None when off); may train the feature
+  # classifier first, so it runs before this run's progress bar.
+  evaluate = task.evaluator(workdir, mesh) if start_step < config.train.num_steps else None
   if jax.process_index() == 0:
     workdir.save_config(config)
   ckpt = checkpoint.from_config(config, workdir)
 
+  # The target's shardings place a checkpoint saved on other devices, hosts or meshes on these.
+  target = parallel.abstract_state(create, mesh, init_rng)
   # The step always drops a non-finite update (the state stays finite and one program serves
   # both modes); config.train.nonfinite decides in TrainLog whether the run then stops.
+  # Frozen parameters (a latent model's autoencoder) are the step's last argument.
   step_fn = parallel.compile_train_step(
-      step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True),
-      mesh)
+      step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True,
+                               preprocess=task.preprocess),
+      mesh, target, frozen=True)
   train_rng = parallel.replicate(train_rng, mesh)
-  # The target's shardings place a checkpoint saved on other devices or hosts on these ones.
   state = ckpt.restore_or_init(lambda: parallel.create_sharded_state(create, mesh, init_rng),
-                               target=parallel.abstract_state(create, mesh, init_rng))
+                               target=target)
   if int(state.step) != start_step:  # the newest checkpoint was corrupt: an older one restored
     start_step = int(state.step)
     batches = open_batches(start_step)
   num_steps = config.train.num_steps
   t = config.train
+  fsdp = mesh.shape[parallel.FSDP_AXIS]
   report(f"{'resuming' if start_step else 'starting'} {workdir} at step {start_step} of "
          f"{num_steps}: {models.count_params(state.params):,} parameters, {mesh.size} "
-         f"device(s) in {jax.process_count()} process(es), batch {t.batch_size} "
+         f"device(s) in {jax.process_count()} process(es)"
+         + (f", state sharded over {fsdp} (FSDP)" if fsdp > 1 else "")
+         + f", batch {t.batch_size} "
          f"({t.batch_size // jax.process_count()} per process"
          + (f", {t.grad_accum_steps} micro-batches" if t.grad_accum_steps > 1 else "")
          + f"), {config.model.dtype} compute")
 
   batch = None
   if start_step < num_steps:
-    batch = parallel.shard_batch(task.loss_batch(next(batches)), mesh)
-    step_fn = parallel.compile_now(step_fn, state, batch, train_rng, name="train_step")
+    batch = task.device_batch(next(batches), start_step, mesh)
+    step_fn = parallel.compile_now(step_fn, state, batch, train_rng, task.frozen,
+                                   name="train_step")
   log = TrainLog(workdir, start_step=start_step, num_steps=num_steps, batch_size=t.batch_size,
                  skip_nonfinite=t.nonfinite == "skip", max_ahead=t.max_steps_ahead,
                  latest_checkpoint=ckpt.latest_step)
@@ -154,8 +167,8 @@ def train_and_evaluate(config, workdir):
     with preemption:
       for step in range(start_step, num_steps):
         if step > start_step:  # the first batch was read to compile the step
-          batch = parallel.shard_batch(task.loss_batch(next(batches)), mesh)
-        state, metrics = step_fn(state, batch, train_rng)
+          batch = task.device_batch(next(batches), step, mesh)
+        state, metrics = step_fn(state, batch, train_rng, task.frozen)
         done = step + 1
         log.add(done, metrics)  # waits until at most max_steps_ahead steps are unfinished
         stop = preemption.stop_requested(done)  # the same step on every process
@@ -169,7 +182,10 @@ def train_and_evaluate(config, workdir):
           break
         if is_last or (t.sample_every and done % t.sample_every == 0):
           path = task.write_samples(workdir, done, state.ema_params, mesh)
-          report(f"step {done}: samples in {path}")
+          if path:
+            report(f"step {done}: samples in {path}")
+        if evaluate is not None and (is_last or done % config.eval.every == 0):
+          log.write_scalars(done, evaluate(done, state.ema_params))
   finally:
     log.close()
     ckpt.close()  # waits for an async save in flight: a finished run leaves complete checkpoints

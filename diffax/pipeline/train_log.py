@@ -142,6 +142,12 @@ class TrainLog:
     self._reset()
     return scalars
 
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    """Writes other scalars of `step` (e.g. an evaluation's) as their own metrics.jsonl line
+    and to TensorBoard (process 0)."""
+    if self._writer is not None and scalars:
+      self._writer.write(step, scalars)
+
   def close(self) -> None:
     self._progress.close()
     if self._writer is not None:

@@ -5,7 +5,10 @@
   DIR/tensorboard/         the same scalars for TensorBoard
   DIR/checkpoints/<step>/  Orbax checkpoints
   DIR/samples/             sample grids during training (step_<step>.png + .npz)
-  DIR/eval/                evaluation results
+  DIR/eval/                evaluation results: training.jsonl (during training), sweep.jsonl
+                           and sweep.md (scripts/evaluate.py), bits_per_dim.json,
+                           reference_<name>.npz (cached statistics of real data),
+                           classifier/ (the feature classifier's own run directory)
 
 Every other module asks a `Workdir` for these paths; none joins them itself.
 """
@@ -53,6 +56,24 @@ class Workdir:
   @property
   def eval(self) -> str:
     return os.path.join(self.path, "eval")
+
+  @property
+  def eval_classifier(self) -> str:
+    """Where the evaluation's feature classifier is trained when no other is named."""
+    return os.path.join(self.eval, "classifier")
+
+  @property
+  def eval_log(self) -> str:
+    """One JSON object per evaluation during training."""
+    return os.path.join(self.eval, "training.jsonl")
+
+  def eval_table(self, name: str) -> tuple[str, str]:
+    """The JSON lines and markdown paths of an evaluation table (e.g. "sweep")."""
+    return (os.path.join(self.eval, f"{name}.jsonl"), os.path.join(self.eval, f"{name}.md"))
+
+  def eval_file(self, name: str) -> str:
+    """A file of evaluation results or cached statistics under eval/."""
+    return os.path.join(self.eval, name)
 
   def sample_grid(self, step: int) -> str:
     """The PNG of the samples drawn at `step` during training (an .npz goes beside it)."""

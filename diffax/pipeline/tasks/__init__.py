@@ -4,18 +4,34 @@ A task is what varies between the stages of a system (a diffusion model, an auto
 embedding model, a prior): its network, its loss, how a data batch becomes the loss's batch, and
 what it shows during training. Everything else of a run (data, devices, the step, EMA,
 checkpoints, exact resume, preemption, logging) is `train.train_and_evaluate`'s, the same for
-every task. A task has:
+every task. Building a task (`cls(config)`) checks its config and reads nothing large. A task
+has:
 
-  model                   the network (`diffax.models.Model`)
+  init_fn(rng) -> params        what the run trains (the train state holds it, and its EMA)
   loss_fn(params, batch, rng) -> (loss, aux)
-  loss_batch(host_batch) -> batch      a data batch (host numpy) -> the loss's batch
-  write_samples(workdir, step, params, mesh)   pictures of progress (EMA params), process 0
+  check()                       further checks before anything compiles (e.g. the sampler)
+  prepare(workdir, mesh) -> config    loads frozen parts (a latent model's autoencoder) and
+                                resolves settings; returns the config the run saves
+  device_batch(host_batch, step, mesh) -> batch   the data batch of training step `step`
+                                (host numpy) -> the loss's batch on the devices (sharded)
+  frozen, preprocess            parameters the task uses but does not train (a latent model's
+                                autoencoder; None if none) and `preprocess(frozen, batch, rng)`,
+                                run on each micro-batch inside the step (`step.make_train_step`)
+  write_samples(workdir, step, params, mesh) -> path or None   pictures of progress (EMA
+                                params), process 0
+  evaluator(workdir, mesh) -> None or evaluate(step, params) -> scalars   (config.eval)
+
+Tasks: "diffusion" (pixel or latent diffusion: `config.latent`), "autoencoder" (the first
+stage of a latent model), "classifier" (the evaluation's feature network).
 """
 
+from diffax.pipeline.tasks import autoencoder
+from diffax.pipeline.tasks import classifier
 from diffax.pipeline.tasks import diffusion
 
 # config.task -> the task class, built as cls(config).
-TASKS = {"diffusion": diffusion.DiffusionTask}
+TASKS = {"diffusion": diffusion.DiffusionTask, "autoencoder": autoencoder.AutoencoderTask,
+         "classifier": classifier.ClassifierTask}
 
 
 def create(config):
