@@ -54,7 +54,7 @@ def _env(num_devices, **extra):
 
 def _losses(workdir):
   from diffax.pipeline import metric_writer  # pylint: disable=g-import-not-at-top
-  return {r["step"]: r["loss"] for r in metric_writer.read_metrics(str(workdir))}
+  return {r["step"]: r["loss"] for r in metric_writer.read_metrics(str(workdir)) if "loss" in r}
 
 
 def _start(cmd, log_path, env):
