@@ -16,10 +16,8 @@ is enough to test that the pipeline and the video U-Net keep a digit and its mot
 frames); the thresholds were measured on these runs (see each test) and leave a margin.
 """
 
-import importlib.util
 import os
 
-from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -34,12 +32,8 @@ from diffax.pipeline import train
 from diffax.pipeline.datasets import moving_digits
 from diffax.pipeline.datasets import tones
 from diffax.pipeline.workdir import Workdir
-from conftest import REPO
+from conftest import run_sample_main
 
-_spec = importlib.util.spec_from_file_location(
-    "sample_script", os.path.join(REPO, "scripts", "sample.py"))
-sample_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sample_script)
 
 FRAMES = 4
 VIDEO = {
@@ -89,13 +83,6 @@ def host(params):
   """Params as numpy: loaded replicated over the 8 test devices, a sampler called on them runs
   on all 8 (measured 8x slower on 2 cores); on the host it runs once, on the default device."""
   return jax.device_get(params)
-
-
-def run_sample_script(*args):
-  try:
-    sample_script.main(flags.FLAGS(["sample.py", *args]))
-  finally:
-    flags.FLAGS.unparse_flags()
 
 
 # --- judging clips --------------------------------------------------------------------------
@@ -237,9 +224,9 @@ def test_infilling_keeps_the_known_samples_and_the_pitch(audio_run, tmp_path):
   clips = data.load_eval_images(config, 4, split="test")
   wav = sounds.write_wav(str(tmp_path / "note.wav"), clips["audio"][0], 8000)
   out = tmp_path / "filled.png"
-  run_sample_script(f"--workdir={workdir}", f"--out={out}", f"--init_image={wav}",
-                    "--known_samples=:300,600:", "--num_samples=4",
-                    f"--class_label={clips['label'][0]}", "--guidance_scale=3")
+  run_sample_main(f"--workdir={workdir}", f"--out={out}", f"--init_image={wav}",
+                  "--known_samples=:300,600:", "--num_samples=4",
+                  f"--class_label={clips['label'][0]}", "--guidance_scale=3")
   filled = np.load(tmp_path / "filled.npz")["samples"]  # [4, 1024, 1]
   known = sounds.read_wav(wav)[0]
   np.testing.assert_array_equal(filled[:, :300], np.broadcast_to(known[:300], (4, 300, 1)))
