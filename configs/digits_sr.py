@@ -26,6 +26,7 @@ def get_config(arg=None):
   c.model.attention_resolutions = ()
   c.train.low_res_noise = 0.2
   c.sample.noise_level = 0.0
+  c.eval.every = 0  # evaluation draws from noise alone; a super-resolution stage needs low-res inputs
   c.sample.num_images = 64
   c.sample.batch_size = 64
   if variants.get("smoke"):

@@ -26,6 +26,7 @@ def get_config(arg=None):
   c.model.num_groups = 8
   c.model.dropout = 0.0
   c.model.low_res_size = 14
+  c.eval.every = 0  # evaluation draws from noise alone; a super-resolution stage needs low-res inputs
   c.train.low_res_noise = 0.5
   c.sample.noise_level = 0.1
   c.optim.learning_rate = 1e-3

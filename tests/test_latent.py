@@ -233,7 +233,7 @@ BAD_LATENT_CONFIGS = [
     ("no such step", lambda tmp, ae: {"latent.autoencoder_step": 7},
      r"config\.latent\.autoencoder_step=7: .* holds no checkpoint of that step \(it holds \[500\]\)"),
     ("u-net cannot downsample", lambda tmp, ae: {"model.channel_mult": (1, 2, 2, 2)},
-     r"config\.model: the image size 4x4 must be divisible by .*=8 .*takes the autoencoder's "
+     r"config\.model: the image size (HxW )?4x4 must be divisible by .*=8 .*takes the autoencoder's "
      r"4x4x2 latents: 8x8 images / f=2"),
     ("video data", lambda tmp, ae: {"data.kind": "video", "data.num_frames": 4},
      r"is set on config\.data\.kind='video': latent diffusion runs on images"),
