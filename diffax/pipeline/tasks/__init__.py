@@ -22,16 +22,19 @@ has:
   evaluator(workdir, mesh) -> None or evaluate(step, params) -> scalars   (config.eval)
 
 Tasks: "diffusion" (pixel or latent diffusion: `config.latent`), "autoencoder" (the first
-stage of a latent model), "classifier" (the evaluation's feature network).
+stage of a latent model), "classifier" (the evaluation's feature network), "contrastive" (a
+CLIP image tower aligned to the frozen text encoder: unCLIP's embedding).
 """
 
 from diffax.pipeline.tasks import autoencoder
 from diffax.pipeline.tasks import classifier
+from diffax.pipeline.tasks import contrastive
 from diffax.pipeline.tasks import diffusion
 
 # config.task -> the task class, built as cls(config).
 TASKS = {"diffusion": diffusion.DiffusionTask, "autoencoder": autoencoder.AutoencoderTask,
-         "classifier": classifier.ClassifierTask}
+         "classifier": classifier.ClassifierTask,
+         "contrastive": contrastive.ContrastiveTask}
 
 
 def create(config):
