@@ -328,3 +328,22 @@ def digits_prior_run(tmp_path_factory, digits_clip_run):
                       *PRIOR_OVERRIDES, devices=STAGE_DEVICES)
   assert result.returncode == 0, script_failure(result)
   return workdir
+
+
+# configs/digits_decoder.py at test size (the tiny U-Net of the text tests, cross-attention at
+# 4x4 reading the embedding's 4 tokens), on `digits_clip_run`'s embeddings (measured: variations
+# of held-out digits keep their class 97% of the time at guidance 3).
+DECODER_OVERRIDES = _TINY + ("--config.model.num_heads=2", "--config.train.num_steps=300",
+                             "--config.train.checkpoint_every=300")
+
+
+@pytest.fixture(scope="session")
+def digits_decoder_run(tmp_path_factory, digits_clip_run):
+  """The workdir of configs/digits_decoder.py trained for 300 steps over `digits_clip_run`."""
+  workdir = tmp_path_factory.mktemp("digits_decoder")
+  result = run_script("train", f"--config={REPO}/configs/digits_decoder.py",
+                      f"--workdir={workdir}",
+                      f"--config.decoder.contrastive_workdir={digits_clip_run}",
+                      *DECODER_OVERRIDES, devices=STAGE_DEVICES)
+  assert result.returncode == 0, script_failure(result)
+  return workdir

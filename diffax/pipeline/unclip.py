@@ -2,7 +2,7 @@
 
   contrastive (configs/digits_clip.py)    images and captions -> unit-norm embeddings [N, D]
   prior       (configs/digits_prior.py)   text embedding -> image embedding (diffusion on [B, D])
-  decoder     (configs/digits_unclip_decoder.py)   image embedding -> image (a U-Net reading
+  decoder     (configs/digits_decoder.py) image embedding -> image (a U-Net reading
                                           cond["embedding"])
 
 Each is a run of `train.train_and_evaluate`; the prior and decoder name the contrastive run's
@@ -17,7 +17,9 @@ import jax
 import numpy as np
 
 from diffax.pipeline import checkpoint
+from diffax.pipeline import conditions
 from diffax.pipeline import embeddings
+from diffax.pipeline import sample as sample_lib
 from diffax.pipeline.tasks import prior as prior_task
 from diffax.pipeline.workdir import Workdir
 
@@ -66,3 +68,88 @@ def load_prior(workdir, mesh=None, *, clip: Optional[embeddings.Contrastive] = N
   params, step = checkpoint.load_ema_params(workdir, config, task.init_fn, mesh=mesh)
   task.clip = clip or embeddings.load(config.prior.contrastive_workdir, mesh)
   return Prior(workdir, config, task, jax.device_get(params), step)
+
+
+class Decoder:
+  """A trained unCLIP decoder run: `sample(embeddings, rng) -> images [N, H, W, C]`.
+
+  Attributes:
+    workdir, config, step: the run, its saved config and the checkpoint read.
+    net, schedule: its network and noise schedule.
+    params: its EMA params.
+    conditioner: its `conditions.Conditioner` (the contrastive run loaded: `clip`).
+    clip: the contrastive run whose image embeddings it decodes.
+  """
+
+  def __init__(self, workdir: Workdir, config, net, noise_schedule, params, step: int,
+               conditioner):
+    self.workdir, self.config, self.net, self.schedule = workdir, config, net, noise_schedule
+    self.params, self.step, self.conditioner = params, step, conditioner
+    self.clip = conditioner.clip
+
+  def sample(self, embedding: np.ndarray, rng: jax.Array, *, num_images: Optional[int] = None,
+             guidance_scale: Optional[float] = None, num_steps: Optional[int] = None,
+             batch_size: Optional[int] = None, mesh=None) -> np.ndarray:
+    """Images drawn for image embeddings `[n, D]` (image i gets row i % n), `[N, H, W, C]` in
+    [-1, 1]; image i depends on rng and i alone."""
+    config = self.config.copy_and_resolve_references()
+    with config.unlocked():
+      if guidance_scale is not None:
+        config.sample.guidance_scale = float(guidance_scale)
+      if num_steps is not None:
+        config.sample.num_steps = num_steps
+    num_images = len(embedding) if num_images is None else num_images
+    req = sample_lib.request(config, self.net, self.schedule, num_images=num_images,
+                             batch_size=batch_size or min(num_images, 100), mesh=mesh,
+                             conditioner=self.conditioner, embedding=embedding)
+    return np.asarray(req(self.params, rng))
+
+  def variations(self, images: np.ndarray, rng: jax.Array, *, num_images: int,
+                 **kwargs) -> np.ndarray:
+    """`num_images` variations of `images` `[n, H, W, C]` (image i varies row i % n): the
+    decoder's samples for their embeddings."""
+    images = self.clip.check_images(images, what="the image to vary")
+    return self.sample(self.clip.embed_images(images), rng, num_images=num_images, **kwargs)
+
+
+def load_decoder(workdir, mesh=None) -> Decoder:
+  """Loads the unCLIP decoder run in `workdir` (a diffusion run reading `cond["embedding"]`)
+  and its contrastive run.
+
+  Raises:
+    ValueError: not a diffusion run conditioned on image embeddings.
+  """
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
+  config = workdir.load_config(defaults=None)
+  sample_lib.check_diffusion_run(workdir, config)
+  if not config.model.get("embedding_dim"):
+    raise ValueError(f"{workdir} is not an unCLIP decoder: its model reads no image embedding "
+                     f"(config.model.embedding_dim; configs/digits_decoder.py)")
+  net, noise_schedule, _ = sample_lib.load_model(config, None)
+  params, step = sample_lib.load_ema_params(workdir, config, net, mesh=mesh)
+  conditioner = conditions.Conditioner(config, net)
+  return Decoder(workdir, config, net, noise_schedule, jax.device_get(params), step,
+                 conditioner)
+
+
+def check_stack(prior: Prior, decoder: Decoder) -> None:
+  """The prior must generate the embeddings the decoder reads: one contrastive space."""
+  got, want = prior.clip.embedding_dim, decoder.config.model.embedding_dim
+  if got != want:
+    raise ValueError(f"the prior {prior.workdir} samples {got}-d embeddings (of "
+                     f"{prior.clip.workdir}) but the decoder {decoder.workdir} reads {want}-d "
+                     f"ones: train both stages on the same contrastive run")
+  here, there = (os.path.realpath(str(c.workdir)) for c in (prior.clip, decoder.clip))
+  if here != there:
+    raise ValueError(f"the prior {prior.workdir} samples embeddings of {prior.clip.workdir} but "
+                     f"the decoder {decoder.workdir} reads those of {decoder.clip.workdir}: "
+                     f"train both stages on the same contrastive run")
+
+
+def generate(prior: Prior, decoder: Decoder, prompts, rng: jax.Array, *,
+             prior_guidance: Optional[float] = None, **decoder_kwargs) -> np.ndarray:
+  """Text to image: one image per prompt, prior then decoder, `[N, H, W, C]` in [-1, 1]."""
+  check_stack(prior, decoder)
+  prior_rng, decoder_rng = jax.random.split(rng)
+  embedding = prior.sample(prompts, prior_rng, guidance_scale=prior_guidance)
+  return decoder.sample(embedding, decoder_rng, **decoder_kwargs)

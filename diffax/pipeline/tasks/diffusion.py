@@ -6,7 +6,8 @@ autoencoder's params are the step's `frozen` argument and its `preprocess` encod
 micro-batch inside the step, and the sample grids are decoded to pixels (their .npz holds the
 latents too). Conditioning, guidance and the loss are the same either way. What conditions it
 (labels, captions through the frozen text encoder, the low-res image of a super-resolution
-stage) is `conditions.Conditioner`'s, from the keys the model reads.
+stage, the image embedding of an unCLIP decoder) is `conditions.Conditioner`'s, from the keys
+the model reads.
 """
 
 import jax
@@ -97,6 +98,15 @@ class DiffusionTask:
     images_ = data.load_eval_images(self.config, s.num_images)["image"]
     return conditions.downsample(images_, self.conditioner.factor)
 
+  def _grid_embedding(self):
+    """An unCLIP decoder's grid inputs: the embeddings of the first images of the data (the
+    grid shows variations of them)."""
+    if self.conditioner.clip is None:
+      return None
+    from diffax.pipeline import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    images_ = data.load_eval_images(self.config, self.config.sample.num_images)["image"]
+    return self.conditioner.clip.embed_images(images_)
+
   def sample_request(self, mesh) -> sample_lib.Request:
     s = self.config.sample
     if self._request is None or self._request.mesh is not mesh:
@@ -104,7 +114,7 @@ class DiffusionTask:
           self.config, self.model, self.schedule, num_images=s.num_images,
           batch_size=s.batch_size, mesh=mesh, low_res=self._grid_low_res(),
           low_res_rng=sample_lib.low_res_rng(self.config.seed), conditioner=self.conditioner,
-          latent_space=self.latent_space)
+          latent_space=self.latent_space, embedding=self._grid_embedding())
     return self._request
 
   def sample_rng(self, step: int) -> jax.Array:
