@@ -143,8 +143,9 @@ class Conditioner:
                        "0); this model reads " + (", ".join(self.keys) or "no condition"))
     if "embedding" in self.keys:
       if embedding is None:
-        raise ValueError("an unCLIP decoder needs image embeddings: prompts through a prior "
-                         "(--prior_workdir) or an image to vary (--variations_of)")
+        raise ValueError("an unCLIP decoder needs image embeddings: prompts through its prior "
+                         "(--workdir=PRIOR,DECODER --prompt=...) or an image to vary "
+                         "(--variations_of=IMAGE)")
       embedding = np.asarray(embedding, np.float32)
       if embedding.ndim != 2 or embedding.shape[1] != self.config.model.embedding_dim:
         raise ValueError(f"image embeddings of shape {embedding.shape}; this decoder reads "

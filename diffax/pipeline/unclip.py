@@ -19,6 +19,7 @@ import numpy as np
 from diffax.pipeline import checkpoint
 from diffax.pipeline import conditions
 from diffax.pipeline import embeddings
+from diffax.pipeline import images as images_lib
 from diffax.pipeline import sample as sample_lib
 from diffax.pipeline.tasks import prior as prior_task
 from diffax.pipeline.workdir import Workdir
@@ -153,3 +154,61 @@ def generate(prior: Prior, decoder: Decoder, prompts, rng: jax.Array, *,
   prior_rng, decoder_rng = jax.random.split(rng)
   embedding = prior.sample(prompts, prior_rng, guidance_scale=prior_guidance)
   return decoder.sample(embedding, decoder_rng, **decoder_kwargs)
+
+
+def is_prior_run(workdir) -> bool:
+  """Whether `workdir` holds an unCLIP prior run (the first of `--workdir=PRIOR,DECODER`)."""
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
+  return os.path.exists(workdir.config) and workdir.load_config().get("task") == "prior"
+
+
+def sample_prompts(prior_dir, decoder_dir, prompts, *, num_images: int, out: str,
+                   seed: int = 0, prior_guidance: Optional[float] = None,
+                   decoder_overrides: Optional[dict] = None) -> tuple:
+  """Text to image through an unCLIP stack; writes the grid (one labelled row per prompt) and
+  the .npz (`samples` `[N, H, W, C]`, `embeddings` `[N, D]`, the prior's samples).
+
+  Image i gets prompts[i % len(prompts)] and depends on the seed and i alone.
+
+  Returns:
+    The paths written, `(png, npz)`.
+  """
+  if not prompts:
+    raise ValueError("an unCLIP stack draws from prompts: give --prompt or --prompts_file")
+  decoder = load_decoder(decoder_dir)
+  saved = Workdir(os.fspath(prior_dir)).load_config().get("prior") or {}
+  same = os.path.realpath(saved.get("contrastive_workdir") or "") == os.path.realpath(
+      str(decoder.clip.workdir))
+  prior = load_prior(prior_dir, clip=decoder.clip if same else None)  # one copy when shared
+  check_stack(prior, decoder)
+  per_image = [prompts[i % len(prompts)] for i in range(num_images)]
+  prior_rng, decoder_rng = jax.random.split(jax.random.key(seed))
+  embedding = prior.sample(per_image, prior_rng, guidance_scale=prior_guidance)
+  drawn = decoder.sample(embedding, decoder_rng, **_decoder_knobs(decoder_overrides))
+  return images_lib.save_samples(out, drawn, labels=per_image,
+                                 arrays={"embeddings": embedding})
+
+
+def sample_variations(decoder_dir, image_path: str, *, num_images: int, out: str,
+                      seed: int = 0, decoder_overrides: Optional[dict] = None) -> tuple:
+  """Variations of the image(s) in `image_path` (PNG or .npz, the decoder's size): their
+  embeddings decoded `num_images` times (image i varies source i % n). The grid starts with
+  the sources (a row of them, when several); the .npz holds `samples` and `sources`.
+
+  Returns:
+    The paths written, `(png, npz)`.
+  """
+  decoder = load_decoder(decoder_dir)
+  sources = images_lib.load_image(image_path, decoder.clip.image_shape, name="--variations_of")
+  drawn = decoder.variations(sources, jax.random.key(seed), num_images=num_images,
+                             **_decoder_knobs(decoder_overrides))
+  n = len(sources)
+  png = images_lib.save_grid(out, np.concatenate([sources, drawn]), ncols=n if n > 1 else None)
+  npz = os.path.splitext(out)[0] + ".npz"
+  np.savez_compressed(npz, samples=drawn.astype(np.float32), sources=sources)
+  return png, npz
+
+
+def _decoder_knobs(overrides: Optional[dict]) -> dict:
+  o = {k: v for k, v in (overrides or {}).items() if v is not None}
+  return {k: o[k] for k in ("guidance_scale", "num_steps", "batch_size") if k in o}
