@@ -251,6 +251,10 @@ def test_decoder_errors(tmp_path, decoder, digits_clip_run):
   config = digits_decoder.get_config("smoke")
   with pytest.raises(ValueError, match="set config.decoder.contrastive_workdir"):
     train.train_and_evaluate(config, str(tmp_path / "b"))
+  config.decoder.contrastive_workdir = str(digits_clip_run)
+  config.eval.every = 10
+  with pytest.raises(ValueError, match=r"config.eval.every=10: .* an unCLIP decoder"):
+    train.train_and_evaluate(config, str(tmp_path / "c"))
 
 
 def test_prompts_through_prior_and_decoder(digits_prior_run, digits_decoder_run, tmp_path,

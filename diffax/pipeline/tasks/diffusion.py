@@ -61,6 +61,10 @@ class DiffusionTask:
     """Builds the sampler of the training grids now, so that a bad `config.sample` value fails
     before anything compiles; likewise `config.eval` when evaluation is on."""
     self.sample_request(mesh=None)
+    if self.config.eval.every and self.conditioner.clip is not None:
+      raise ValueError(f"config.eval.every={self.config.eval.every}: the in-training evaluation "
+                       f"draws from labels or prompts, not from the image embeddings an unCLIP "
+                       f"decoder reads; set it to 0 and judge variations (tests/test_unclip.py)")
     if self.config.eval.every:
       from diffax.pipeline import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
       evaluate.check_config(self.config, self.model)
