@@ -114,14 +114,22 @@ def test_contrastive_config_errors(tmp_path):
     embeddings.load(tmp_path / "c")
 
 
+@jax.jit
+def perturb(params, scale):
+  """Every parameter plus scale x N(0, 1) noise (zero-initialized layers become live)."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape)
+                                   for p, k in zip(leaves, keys)])
+
+
 def test_mlp_denoiser_reads_the_embedding_and_its_null():
   model = models.create("mlp", sample_shape=(6,), hidden_dim=16, num_layers=2, embedding_dim=4)
   assert model.cond_keys == ("embedding",)
   np.testing.assert_array_equal(model.null_cond["embedding"], np.zeros(4))
-  params = model.init_fn(jax.random.key(0))
+  params = jax.jit(model.init_fn)(jax.random.key(0))
   # The output layer starts at zero; perturb it to see the condition reach the output.
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape),
-                        params)
+  params = perturb(params, 0.1)
   x, t = jnp.ones((3, 6)), jnp.array([0, 5, 9])
   c = jax.random.normal(jax.random.key(2), (3, 4))
   out = model.apply_fn(params, x, t, {"embedding": c})
@@ -192,21 +200,19 @@ def test_unet_reads_the_embedding_in_time_and_tokens():
   model = models.create("unet", embedding_tokens=3, **kw)
   assert model.cond_keys == ("embedding",)
   np.testing.assert_array_equal(model.null_cond["embedding"], np.zeros(5))
-  params = model.init_fn(jax.random.key(0))
+  params = jax.jit(model.init_fn)(jax.random.key(0))
   assert params["embedding_tokens"]["kernel"].shape == (5, 3 * 32)  # tokens of width 4 x base
   assert "embedding_proj" in params and "mid_xattn" in params and "down_1_xattn_0" in params
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
-                        params)
+  params = perturb(params, 0.05)
   x, t = jax.random.normal(jax.random.key(2), (2, 8, 8, 1)), jnp.array([3, 700])
   e = jax.random.normal(jax.random.key(3), (2, 5))
-  out = model.apply_fn(params, x, t, {"embedding": e})
-  assert not np.allclose(out, model.apply_fn(params, x, t, {"embedding": -e}), atol=1e-4)
-  np.testing.assert_allclose(model.apply_fn(params, x, t),
-                             model.apply_fn(params, x, t, {"embedding": jnp.zeros((2, 5))}))
+  apply = jax.jit(lambda p, emb: model.apply_fn(p, x, t, {"embedding": emb}))  # one compile
+  assert not np.allclose(apply(params, e), apply(params, -e), atol=1e-4)
+  np.testing.assert_allclose(jax.jit(model.apply_fn)(params, x, t),  # no cond: the null
+                             apply(params, jnp.zeros((2, 5))), rtol=1e-5, atol=1e-6)
   # Tokens alone (no time-embedding projection) still carry the embedding.
   no_proj = dict(params, embedding_proj=jax.tree.map(jnp.zeros_like, params["embedding_proj"]))
-  assert not np.allclose(model.apply_fn(no_proj, x, t, {"embedding": e}),
-                         model.apply_fn(no_proj, x, t, {"embedding": -e}), atol=1e-4)
+  assert not np.allclose(apply(no_proj, e), apply(no_proj, -e), atol=1e-4)
   with pytest.raises(ValueError, match="embedding_tokens=2 needs embedding_dim > 0"):
     models.create("unet", **dict(kw, embedding_dim=0, embedding_tokens=2))
 
