@@ -330,3 +330,19 @@ def test_sample_script_unclip_errors(digits_prior_run, digits_decoder_run, digit
                                        r"the decoder .* reads those of") as e:
     run_sample_main(f"--workdir={other_prior},{digits_decoder_run}", "--prompt=a 7")
   assert "\n" not in str(e.value)
+
+
+def test_mnist_configs_build():
+  """The MNIST recipes (demos, not trained here; each ran through train.py at :smoke size)
+  build their networks for 28x28 digits."""
+  from configs import mnist_clip, mnist_decoder, mnist_prior  # pylint: disable=import-outside-toplevel
+  from diffax.pipeline import build  # pylint: disable=import-outside-toplevel
+  from diffax.pipeline.tasks import contrastive as contrastive_task  # pylint: disable=import-outside-toplevel
+  for arg in (None, "smoke"):
+    clip = mnist_clip.get_config(arg)
+    assert contrastive_task.network(clip).sample_shape == (28, 28, 1)
+    decoder = mnist_decoder.get_config(arg)
+    net = build.model(decoder)
+    assert net.sample_shape == (28, 28, 1) and "embedding" in net.cond_keys
+    prior = mnist_prior.get_config(arg)
+    assert prior.task == "prior" and prior.data.image_size == 28 and not prior.sample.clip_x0
