@@ -9,8 +9,9 @@ The keys come from the model (`Model.cond_keys`); their values from:
                        frozen text encoder, then looked
                        up
   embedding            the image's embedding by the       image embeddings: a prior's
-                       frozen contrastive image tower     samples (prompts), or an image's
-                       (unCLIP's decoder)                 (variations)
+                       frozen contrastive image tower,    samples (prompts), or an image's
+                       inside the train step              (variations)
+                       (`embed_in_step`; unCLIP's decoder)
   low_res              the image area-downsampled to      the stage below's samples, or an
                        low_res_size rows                  image the user gives
   noise_level          drawn by the loss (Imagen's        a fixed level, the low-res input
@@ -97,8 +98,7 @@ class Conditioner:
         self.text.encode(data.captions(self.config))
         self._captions_encoded = True
       cond.update(self.text.cond(list(host_batch["caption"])))
-    if "embedding" in self.keys:  # the frozen image tower, one call per batch
-      cond["embedding"] = self.clip.embed_images(host_batch["image"])
+    # "embedding": computed inside the train step by the frozen image tower (`embed_in_step`).
     if "low_res" in self.keys:  # noised by the loss (config.train.low_res_noise)
       cond["low_res"] = downsample(host_batch["image"], self.factor)
     return cond or None
@@ -202,3 +202,23 @@ def load_contrastive(config):
                      f"contrastive stage config.decoder.contrastive_workdir={where} embeds in "
                      f"{clip.embedding_dim} dimensions: set embedding_dim={clip.embedding_dim}")
   return clip
+
+
+def embed_in_step(clip, frozen, preprocess):
+  """The train step's `(frozen, preprocess)` for an unCLIP decoder: `cond["embedding"]` is the
+  frozen image tower's embedding of each micro-batch's images `batch["x"]`, computed on the
+  devices inside the step (each process feeds only its share of the batch), before `preprocess`
+  (a latent model's encoding, whose frozen params are kept under "inner").
+
+  Args:
+    clip: the contrastive run (`embeddings.Contrastive`).
+    frozen, preprocess: the step's others, or None.
+  """
+  apply = clip.tower.apply_fn
+
+  def embed(params, batch, rng):
+    cond = dict(batch.get("cond") or {}, embedding=apply(params["image_tower"], batch["x"]))
+    batch = dict(batch, cond=cond)
+    return batch if preprocess is None else preprocess(params["inner"], batch, rng)
+
+  return {"image_tower": clip.params["image"], "inner": frozen}, embed

@@ -81,16 +81,21 @@ class DiffusionTask:
 
   def prepare(self, workdir: Workdir, mesh):
     """A latent model loads its frozen autoencoder and resolves its latent settings
-    (`latent.resolve`). Returns the config to save (with them filled in)."""
-    if self.latent_shape is None:
-      return self.config
-    self.config, self.latent_space = latent.resolve(self.config, workdir, mesh)
-    self.frozen, self.preprocess = self.latent_space.params, self.latent_space.preprocess
-    self._request = None
-    space = self.latent_space
-    h, w, z = space.shape
-    report(f"latent space: {h}x{w}x{z} latents (f={space.factor}) of the autoencoder "
-           f"{space.workdir} at step {space.step}, scale factor {space.scale_factor:.6g}")
+    (`latent.resolve`); an unCLIP decoder's contrastive image tower joins the frozen params.
+    Returns the config to save (with the latent settings filled in)."""
+    if self.latent_shape is not None:
+      self.config, self.latent_space = latent.resolve(self.config, workdir, mesh)
+      self.frozen, self.preprocess = self.latent_space.params, self.latent_space.preprocess
+      self._request = None
+      space = self.latent_space
+      h, w, z = space.shape
+      report(f"latent space: {h}x{w}x{z} latents (f={space.factor}) of the autoencoder "
+             f"{space.workdir} at step {space.step}, scale factor {space.scale_factor:.6g}")
+    if self.conditioner.clip is not None:  # an unCLIP decoder embeds its images in the step
+      self.frozen, self.preprocess = conditions.embed_in_step(self.conditioner.clip,
+                                                              self.frozen, self.preprocess)
+      report(f"image embeddings: the frozen tower of {self.conditioner.clip.workdir} (step "
+             f"{self.conditioner.clip.step})")
     return self.config
 
   def _grid_low_res(self):
