@@ -29,7 +29,6 @@ from diffax import models
 from diffax.pipeline import build
 from diffax.pipeline import embeddings
 from diffax.pipeline import parallel
-from diffax.pipeline.tasks import contrastive as contrastive_task
 from diffax.pipeline.train_log import report
 from diffax.pipeline.workdir import Workdir
 
