@@ -38,6 +38,15 @@ Video and audio runs edit the same way; --known_frames and --known_samples say w
   python scripts/sample.py --workdir=DIR --init_image=clip.gif --known_frames=0,7   # interpolate
   python scripts/sample.py --workdir=DIR --init_image=note.wav --known_samples=:600,1000:  # infill
 
+unCLIP (configs/digits_clip.py, digits_prior.py, digits_decoder.py): prompts go through the
+prior, then the decoder (--workdir=PRIOR,DECODER; --prior_guidance_scale for the prior,
+--guidance_scale for the decoder); a decoder alone draws variations of an image:
+
+  python scripts/sample.py --workdir=workdirs/digits_prior,workdirs/digits_decoder \
+      --prompt="a handwritten 7" --num_samples=16
+  python scripts/sample.py --workdir=workdirs/digits_decoder --variations_of=digit.png \
+      --num_samples=15
+
 A latent diffusion run (configs/digits_latent.py) samples latents and decodes them with its
 autoencoder; editing works in latent space (the mask is downsampled to the latent grid, and
 known pixels come back as the autoencoder's reconstruction of --init_image, not exactly).
@@ -72,6 +81,7 @@ from diffax.pipeline import masks
 from diffax.pipeline import media
 from diffax.pipeline import parallel
 from diffax.pipeline import sample
+from diffax.pipeline import unclip
 from diffax.pipeline.workdir import Workdir
 import jax  # pylint: disable=g-bad-import-order
 
@@ -122,6 +132,11 @@ _LOW_RES = flags.DEFINE_string("low_res", None, "Super-resolution runs: the low-
                                "to upsample, PNG or .npz (like --init_image).")
 _NOISE_LEVEL = flags.DEFINE_float("noise_level", None, "Super-resolution: the augmentation "
                                   "noise level of the low-res input, in [0, 1].")
+_VARIATIONS_OF = flags.DEFINE_string("variations_of", None, "unCLIP decoder runs: a PNG or "
+                                     ".npz (like --init_image) of the image(s) to vary: their "
+                                     "embeddings are decoded --num_samples times.")
+_PRIOR_GUIDANCE = flags.DEFINE_float("prior_guidance_scale", None, "unCLIP: the prior's "
+                                     "guidance scale (default: its config's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed: image i depends on it and i alone.")
 _SAVE_LATENTS = flags.DEFINE_bool("save_latents", False, "A latent model's .npz holds its "
                                   "latents too (key 'latents').")
@@ -192,6 +207,37 @@ def run_cascade(prompts):
     print(f"{len(stages)} stages: wrote {png}, {stages_png} and {npz}")
 
 
+def run_unclip(prompts):
+  """--workdir=PRIOR,DECODER with prompts, or --workdir=DECODER --variations_of=IMAGE."""
+  workdirs = _WORKDIR.value.split(",")
+  others = [f"--{f.name}" for f in (_INIT_IMAGE, _MASK, _LOW_RES, _STRENGTH, _RESAMPLE,
+                                    _CLASS_LABEL) if f.value is not None]
+  if others:
+    raise ValueError(f"{', '.join(others)}: not for unCLIP, which draws from prompts (prior, "
+                     f"decoder) or from --variations_of")
+  overrides = {"guidance_scale": _GUIDANCE.value, "num_steps": _NUM_STEPS.value,
+               "batch_size": _BATCH_SIZE.value}
+  num_images = _NUM_SAMPLES.value or 16
+  compilation_cache.enable()
+  if _VARIATIONS_OF.value:
+    if len(workdirs) != 1 or prompts:
+      raise ValueError("--variations_of takes one --workdir, the decoder's, and no --prompt")
+    out = _OUT.value or Workdir(workdirs[0]).default_samples()
+    paths = unclip.sample_variations(workdirs[0], _VARIATIONS_OF.value,
+                                     num_images=num_images, out=out, seed=_SEED.value,
+                                     decoder_overrides=overrides)
+  else:
+    if len(workdirs) != 2:
+      raise ValueError(f"--workdir={_WORKDIR.value}: an unCLIP stack is two workdirs, "
+                       f"PRIOR,DECODER")
+    out = _OUT.value or Workdir(workdirs[1]).default_samples()
+    paths = unclip.sample_prompts(workdirs[0], workdirs[1], prompts, num_images=num_images,
+                                  out=out, seed=_SEED.value,
+                                  prior_guidance=_PRIOR_GUIDANCE.value,
+                                  decoder_overrides=overrides)
+  print(f"unCLIP: wrote {', '.join(paths)}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -203,6 +249,10 @@ def main(argv):
                      resample=_RESAMPLE.value is not None, prefix="--",
                      mask_name=mask_flags[0] if mask_flags else "mask")
   prompts = read_prompts()
+  if _VARIATIONS_OF.value or (_WORKDIR.value and unclip.is_prior_run(
+      _WORKDIR.value.split(",")[0])):
+    run_unclip(prompts)
+    return
   if _CASCADE.value is not None or "," in _WORKDIR.value:
     run_cascade(prompts)
     return
@@ -213,6 +263,9 @@ def main(argv):
     config.sample.update({k: v for k, v in sample_overrides().items() if v is not None})
     if _NUM_SAMPLES.value is not None and _BATCH_SIZE.value is None:
       config.sample.batch_size = min(config.sample.batch_size, _NUM_SAMPLES.value)
+  if prompts and config.model.get("embedding_dim"):
+    raise ValueError(f"--prompt on the unCLIP decoder {workdir} needs its prior first: "
+                     f"--workdir=PRIOR,{workdir}")
   if prompts and not config.model.context_dim:
     raise ValueError(f"--prompt needs a text-conditional model; the run in {workdir} was "
                      f"trained without text (config.model.context_dim is 0)"

@@ -10,7 +10,8 @@ nothing outside this package knows Flax.
   model.null_cond                               # {"label": 10}: the dropped condition
 
 The same call with `sample_shape=(L, C)` builds the 1-D network (audio), with `(T, H, W, C)` the
-video network (factorized space-time attention); see `unet`.
+video network (factorized space-time attention); see `unet`. `create("mlp", sample_shape=(D,),
+embedding_dim=E)` is a denoiser of vectors (unCLIP's prior over embeddings; see `mlp`).
 
 The autoencoder of latent diffusion is not a denoiser; it has its own entry point:
 
@@ -31,11 +32,12 @@ import jax.numpy as jnp
 
 from diffax import conditioning
 from diffax.models import autoencoder
+from diffax.models import mlp
 from diffax.models import unet
 
 # name -> builder(sample_shape, dtype, fast_layers, **arch) -> (flax module, null_cond).
 # The module is called as module(x_t, t, cond, train=...) and returns float32 shaped like x_t.
-MODELS = {"unet": unet.build}
+MODELS = {"unet": unet.build, "mlp": mlp.build}
 
 # Compute dtypes; parameters are float32 whatever this is.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -166,4 +168,4 @@ def count_params(params) -> int:
 
 
 __all__ = ["DTYPES", "MODELS", "Model", "autoencoder", "count_params", "create",
-           "create_autoencoder", "create_discriminator", "fast_layers_default", "unet"]
+           "create_autoencoder", "create_discriminator", "fast_layers_default", "mlp", "unet"]

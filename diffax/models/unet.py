@@ -39,6 +39,12 @@ both are for images (H, W, C):
                 `cross_attention_resolutions` and the middle attention, reading
                 `cond["context"]` / `cond["context_mask"]`; the null condition is a sequence
                 with no real token.
+  embedding     with `embedding_dim` > 0 (unCLIP's decoder, DALL-E 2 2.1), `cond["embedding"]`
+                `[B, E]` (a CLIP image embedding) is projected into the time embedding and,
+                with `embedding_tokens` = n > 0, into n extra context tokens that the
+                cross-attention blocks read after the text tokens (if any; without text they
+                are the whole context, of width 4 * base_channels); the null condition is
+                the zero embedding.
   low_res       with `low_res_size` > 0 (super-resolution, SR3), `cond["low_res"]`, bicubic-
                 upsampled to the sample size, is concatenated to x_t before conv_in, and
                 `cond["noise_level"]` (Imagen's noise-conditioning augmentation) is embedded
@@ -77,6 +83,8 @@ class UNet(nn.Module):
     cross_attention_resolutions: resolutions in pixels whose blocks are followed by a
       cross-attention transformer (the middle block always has one when context_dim > 0).
     transformer_depth: transformer blocks per cross-attention transformer.
+    embedding_dim: 0, or E: the model reads `cond["embedding"]` `f32[B, E]` (module docstring).
+    embedding_tokens: extra context tokens projected from the embedding (needs embedding_dim).
     low_res_size: 0, or h: a super-resolution model reading `cond["low_res"]` `[B, h, w, C]`
       (w = W * h / H) and `cond["noise_level"]` `f32[B]` (absent: 0).
     dtype: compute dtype; parameters stay float32 and the output is float32.
@@ -94,6 +102,8 @@ class UNet(nn.Module):
   context_dim: int = 0
   cross_attention_resolutions: Sequence[int] = ()
   transformer_depth: int = 1
+  embedding_dim: int = 0
+  embedding_tokens: int = 0
   low_res_size: int = 0
   dtype: Dtype = jnp.float32
   fast: bool = True
@@ -103,7 +113,13 @@ class UNet(nn.Module):
     """The keys of `cond` this network reads."""
     return (("label",) * bool(self.num_classes)
             + ("context", "context_mask") * bool(self.context_dim)
+            + ("embedding",) * bool(self.embedding_dim)
             + ("low_res", "noise_level") * bool(self.low_res_size))
+
+  @property
+  def cross_attends(self) -> bool:
+    """Whether the network has cross-attention blocks: text, or embedding tokens."""
+    return bool(self.context_dim or self.embedding_tokens)
 
   def init_cond(self, sample_shape) -> dict | None:
     """A batch-1 cond with every key the network reads (zeros), for `init`."""
@@ -113,6 +129,8 @@ class UNet(nn.Module):
     if self.context_dim:
       cond["context"] = jnp.zeros((1, 1, self.context_dim), jnp.float32)
       cond["context_mask"] = jnp.zeros((1, 1), bool)
+    if self.embedding_dim:
+      cond["embedding"] = jnp.zeros((1, self.embedding_dim), jnp.float32)
     if self.low_res_size:
       cond["low_res"] = jnp.zeros((1, *low_res_lib.low_res_shape(sample_shape,
                                                                   self.low_res_size)))
@@ -144,15 +162,28 @@ class UNet(nn.Module):
     attn_block = lambda name: self_attention(self.num_heads, self.num_groups, dt, fast,
                                              name=name)
     resolution = lambda h: h.shape[axes[0]]
+    emb_dim = 4 * self.base_channels
     # --- cond["context"]: cross-attention (see the module docstring) ---
     context, context_mask = self._context(cond, batch)
+    # --- cond["embedding"]: unCLIP's image embedding (tokens here, time embedding below) ---
+    embedding = self._embedding(cond, batch)
+    if self.embedding_tokens:
+      width = self.context_dim or emb_dim
+      tokens = layers.Dense(self.embedding_tokens * width, dtype=dt, fast=fast,
+                            name="embedding_tokens")(embedding.astype(dt))
+      tokens = tokens.reshape(batch, self.embedding_tokens, width)
+      token_mask = jnp.ones((batch, self.embedding_tokens), bool)
+      if context is None:
+        context, context_mask = tokens, token_mask
+      else:
+        context = jnp.concatenate([context.astype(dt), tokens], axis=1)
+        context_mask = jnp.concatenate([context_mask, token_mask], axis=1)
     cross = lambda h, name: attention.SpatialTransformer(
         self.num_heads, self.num_groups, self.transformer_depth, dt, fast, name=name)(
             h, context, context_mask)
-    cross_at = lambda h: self.context_dim and resolution(h) in self.cross_attention_resolutions
+    cross_at = lambda h: self.cross_attends and resolution(h) in self.cross_attention_resolutions
 
     t = jnp.broadcast_to(jnp.asarray(t), (batch,))
-    emb_dim = 4 * self.base_channels
     emb = layers.timestep_embedding(t, self.base_channels).astype(dt)  # [B, base]
     emb = layers.Dense(emb_dim, dtype=dt, fast=fast, name="temb_dense0")(emb)
     emb = layers.Dense(emb_dim, dtype=dt, fast=fast, name="temb_dense1")(nn.silu(emb))
@@ -163,6 +194,9 @@ class UNet(nn.Module):
       label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (batch,))
       emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=dt,
                            embedding_init=nn.initializers.normal(1.0), name="label_embed")(label)
+    if self.embedding_dim:
+      emb = emb + layers.Dense(emb_dim, dtype=dt, fast=fast, name="embedding_proj")(
+          embedding.astype(dt))
     h = x.astype(dt)
     # --- cond["low_res"], cond["noise_level"]: super-resolution ---
     if self.low_res_size:
@@ -188,7 +222,7 @@ class UNet(nn.Module):
 
     h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
     h = attn_block("mid_attn")(h)
-    if self.context_dim:
+    if self.cross_attends:
       h = cross(h, "mid_xattn")
     h = res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
 
@@ -222,6 +256,18 @@ class UNet(nn.Module):
     mask = (jnp.ones(context.shape[:2], bool) if mask is None
             else jnp.broadcast_to(jnp.asarray(mask, bool), context.shape[:2]))
     return jnp.broadcast_to(context, (batch, *context.shape[1:])), mask
+
+  def _embedding(self, cond, batch):
+    """`cond["embedding"]` `[B, E]`; absent: the null (zeros); None for a model without one."""
+    if not self.embedding_dim:
+      return None
+    e = cond.get("embedding")
+    if e is None:
+      return jnp.zeros((batch, self.embedding_dim), jnp.float32)
+    if e.ndim != 2 or e.shape[-1] != self.embedding_dim:
+      raise ValueError(f"cond['embedding'] must be [B, {self.embedding_dim}] (the model's "
+                       f"embedding_dim), got shape {tuple(e.shape)}")
+    return jnp.broadcast_to(e, (batch, self.embedding_dim))
 
   def _low_res(self, cond, x_shape):
     """`(low_res [B, h, w, C], noise_level f32[B])` of cond, checked against the model."""
@@ -307,7 +353,8 @@ def _int(name, value, low):
 
 
 def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, context_dim,
-                     cross_attention_resolutions, transformer_depth, low_res_size, **_) -> None:
+                     cross_attention_resolutions, transformer_depth, low_res_size,
+                     embedding_dim=0, embedding_tokens=0, **_) -> None:
   """Checks the text (cross-attention) and super-resolution keywords against the network.
 
   Raises:
@@ -319,8 +366,15 @@ def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, co
   _int("context_dim", context_dim, 0)
   _int("transformer_depth", transformer_depth, 1)
   _int("low_res_size", low_res_size, 0)
+  _int("embedding_dim", embedding_dim, 0)
+  _int("embedding_tokens", embedding_tokens, 0)
+  if embedding_tokens and not embedding_dim:
+    raise ValueError(f"embedding_tokens={embedding_tokens} needs embedding_dim > 0 (the width "
+                     f"of the image embeddings the tokens are projected from)")
+  cross_attends = context_dim or embedding_tokens
   if len(sample_shape) != 3:
-    for name, value in (("context_dim", context_dim), ("low_res_size", low_res_size)):
+    for name, value in (("context_dim", context_dim), ("low_res_size", low_res_size),
+                        ("embedding_tokens", embedding_tokens)):
       if value:
         raise ValueError(f"{name}={value} conditions image models (H, W, C); the sample shape "
                          f"{tuple(sample_shape)} is {LAYOUTS.get(len(sample_shape), '?')}: set "
@@ -328,15 +382,16 @@ def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, co
     return
   height, width, _ = sample_shape
   resolutions = [height // 2**i for i in range(len(mult))]
-  if cross_attention_resolutions and not context_dim:
+  if cross_attention_resolutions and not cross_attends:
     raise ValueError(f"cross_attention_resolutions={tuple(cross_attention_resolutions)} needs "
-                     f"context_dim > 0 (the width of the text encoder's token embeddings)")
+                     f"context_dim > 0 (the width of the text encoder's token embeddings) or "
+                     f"embedding_tokens > 0")
   unreached = [r for r in cross_attention_resolutions if r not in resolutions]
   if unreached:
     raise ValueError(f"cross_attention_resolutions={tuple(cross_attention_resolutions)} holds "
                      f"{unreached}, not reached by the network; its resolutions are "
                      f"{resolutions}")
-  if context_dim:
+  if cross_attends:
     channels = {base_channels * mult[-1]} | {
         base_channels * k for k, r in zip(mult, resolutions) if r in cross_attention_resolutions}
     bad = sorted(c for c in channels if c % num_heads)
@@ -354,7 +409,7 @@ def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, co
 def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), num_res_blocks=2,
           attention_resolutions=(), num_heads=1, dropout=0.0, num_groups=32, num_classes=0,
           scale_shift=True, context_dim=0, cross_attention_resolutions=(), transformer_depth=1,
-          low_res_size=0):
+          embedding_dim=0, embedding_tokens=0, low_res_size=0):
   """The `UNet` for `sample_shape` and its null condition (`diffax.models.create`).
 
   Returns:
@@ -370,7 +425,8 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
   check(sample_shape, **arch)
   check_conditions(sample_shape, **arch, context_dim=context_dim,
                    cross_attention_resolutions=tuple(cross_attention_resolutions),
-                   transformer_depth=transformer_depth, low_res_size=low_res_size)
+                   transformer_depth=transformer_depth, low_res_size=low_res_size,
+                   embedding_dim=embedding_dim, embedding_tokens=embedding_tokens)
   module = UNet(
       base_channels=int(base_channels),
       channel_mult=tuple(int(k) for k in channel_mult),
@@ -384,6 +440,8 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
       context_dim=int(context_dim),
       cross_attention_resolutions=tuple(int(r) for r in cross_attention_resolutions),
       transformer_depth=int(transformer_depth),
+      embedding_dim=int(embedding_dim),
+      embedding_tokens=int(embedding_tokens),
       low_res_size=int(low_res_size),
       dtype=dtype,
       fast=bool(fast),
@@ -392,4 +450,6 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
   if context_dim:
     null_cond.update(context=np.zeros((1, int(context_dim)), np.float32),
                      context_mask=np.zeros((1,), bool))
+  if embedding_dim:
+    null_cond["embedding"] = np.zeros((int(embedding_dim),), np.float32)
   return module, null_cond

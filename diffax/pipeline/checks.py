@@ -12,8 +12,10 @@ def check_conditioning(config) -> None:
   m = config.model
   num_classes = m.num_classes
   text = m.get("context_dim", 0)
-  droppable = bool(num_classes or text)  # keys with a null condition (label, context)
-  what = "config.model.num_classes > 0 or config.model.context_dim > 0"
+  # keys with a null condition (label, context, embedding)
+  droppable = bool(num_classes or text or m.get("embedding_dim", 0))
+  what = ("config.model.num_classes > 0, config.model.context_dim > 0 or "
+          "config.model.embedding_dim > 0")
   dropout = config.train.cond_dropout
   if dropout > 0 and not droppable:
     raise ValueError(f"config.train.cond_dropout={dropout} needs a conditional model (set "

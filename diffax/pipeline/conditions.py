@@ -8,13 +8,18 @@ The keys come from the model (`Model.cond_keys`); their values from:
                        of the split encoded once by the   prompts[i % len(prompts)]
                        frozen text encoder, then looked
                        up
+  embedding            the image's embedding by the       image embeddings: a prior's
+                       frozen contrastive image tower,    samples (prompts), or an image's
+                       inside the train step              (variations)
+                       (`embed_in_step`; unCLIP's decoder)
   low_res              the image area-downsampled to      the stage below's samples, or an
                        low_res_size rows                  image the user gives
   noise_level          drawn by the loss (Imagen's        a fixed level, the low-res input
                        augmentation, `diffax.losses`)     noised to it
 
 The text encoder is loaded once per Conditioner (`text.load`); its width must be the model's
-context_dim.
+context_dim. Likewise an unCLIP decoder's contrastive run (`config.decoder.contrastive_workdir`,
+`embeddings.load`): its embedding width must be the model's embedding_dim.
 """
 
 from typing import Optional, Sequence
@@ -67,6 +72,9 @@ class Conditioner:
             f"config.model.context_dim={config.model.context_dim} must equal the width "
             f"{self.text.width} of the text encoder's token embeddings (config.text.encoder="
             f"{config.text.encoder or 'the default, all-MiniLM-L6-v2'!r})")
+    self.clip = None
+    if "embedding" in self.keys:
+      self.clip = load_contrastive(config)
     self.factor = None
     if "low_res" in self.keys:
       self.factor = net.sample_shape[0] // config.model.low_res_size
@@ -90,13 +98,15 @@ class Conditioner:
         self.text.encode(data.captions(self.config))
         self._captions_encoded = True
       cond.update(self.text.cond(list(host_batch["caption"])))
+    # "embedding": computed inside the train step by the frozen image tower (`embed_in_step`).
     if "low_res" in self.keys:  # noised by the loss (config.train.low_res_noise)
       cond["low_res"] = downsample(host_batch["image"], self.factor)
     return cond or None
 
   def sampling(self, num_images: int, *, class_label: int = -1,
                prompts: Optional[Sequence[str]] = None, low_res=None,
-               noise_level: float = 0.0, rng: Optional[jax.Array] = None) -> Optional[dict]:
+               noise_level: float = 0.0, rng: Optional[jax.Array] = None,
+               embedding=None) -> Optional[dict]:
     """The per-image cond of a request (`sample.Request.per_image["cond"]`), or None.
 
     Args:
@@ -109,6 +119,8 @@ class Conditioner:
       noise_level: the augmentation level of low_res in [0, 1] (Imagen samples with a fixed
         level).
       rng: the key of the augmentation noise; image i's noise depends on it and i alone.
+      embedding: an unCLIP decoder's image embeddings `[n, D]` (a prior's samples, or the
+        embeddings of images to vary); image i gets row i % n.
 
     Returns:
       A dict of arrays whose rows cycle over the images, or None.
@@ -126,6 +138,19 @@ class Conditioner:
       cond["label"] = class_labels(self.config.model.num_classes, num_images, class_label)
     if "context" in self.keys:
       cond.update(self.text.cond(list(prompts or [""])))
+    if embedding is not None and "embedding" not in self.keys:
+      raise ValueError("image embeddings need an unCLIP decoder (config.model.embedding_dim > "
+                       "0); this model reads " + (", ".join(self.keys) or "no condition"))
+    if "embedding" in self.keys:
+      if embedding is None:
+        raise ValueError("an unCLIP decoder needs image embeddings: prompts through its prior "
+                         "(--workdir=PRIOR,DECODER --prompt=...) or an image to vary "
+                         "(--variations_of=IMAGE)")
+      embedding = np.asarray(embedding, np.float32)
+      if embedding.ndim != 2 or embedding.shape[1] != self.config.model.embedding_dim:
+        raise ValueError(f"image embeddings of shape {embedding.shape}; this decoder reads "
+                         f"[N, {self.config.model.embedding_dim}] (config.model.embedding_dim)")
+      cond["embedding"] = embedding[np.arange(num_images) % len(embedding)]
     if low_res is not None and "low_res" not in self.keys:
       raise ValueError("a low-res input needs a super-resolution model (config.model."
                        "low_res_size > 0); this one draws images from noise alone")
@@ -158,3 +183,42 @@ class Conditioner:
       noise = np.asarray(jax.vmap(draw)(np.arange(num_images)))
       rows = np.asarray(conditioning.augment_low_res(rows, level, noise))
     return {"low_res": rows, "noise_level": level}
+
+
+def load_contrastive(config):
+  """The contrastive run (`embeddings.Contrastive`) of an unCLIP decoder
+  (`config.decoder.contrastive_workdir`), checked against `config.model.embedding_dim`."""
+  # Imported here: embeddings reads the contrastive task, whose package imports this module.
+  from diffax.pipeline import embeddings  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  section = config.get("decoder")
+  where = section.get("contrastive_workdir") if section is not None else None
+  if not where:
+    raise ValueError(f"config.model.embedding_dim={config.model.embedding_dim} conditions on "
+                     f"image embeddings: set config.decoder.contrastive_workdir to the workdir "
+                     f"of a trained contrastive stage (configs/digits_clip.py)")
+  clip = embeddings.load(where)
+  if clip.embedding_dim != config.model.embedding_dim:
+    raise ValueError(f"config.model.embedding_dim={config.model.embedding_dim}, but the "
+                     f"contrastive stage config.decoder.contrastive_workdir={where} embeds in "
+                     f"{clip.embedding_dim} dimensions: set embedding_dim={clip.embedding_dim}")
+  return clip
+
+
+def embed_in_step(clip, frozen, preprocess):
+  """The train step's `(frozen, preprocess)` for an unCLIP decoder: `cond["embedding"]` is the
+  frozen image tower's embedding of each micro-batch's images `batch["x"]`, computed on the
+  devices inside the step (each process feeds only its share of the batch), before `preprocess`
+  (a latent model's encoding, whose frozen params are kept under "inner").
+
+  Args:
+    clip: the contrastive run (`embeddings.Contrastive`).
+    frozen, preprocess: the step's others, or None.
+  """
+  apply = clip.tower.apply_fn
+
+  def embed(params, batch, rng):
+    cond = dict(batch.get("cond") or {}, embedding=apply(params["image_tower"], batch["x"]))
+    batch = dict(batch, cond=cond)
+    return batch if preprocess is None else preprocess(params["inner"], batch, rng)
+
+  return {"image_tower": clip.params["image"], "inner": frozen}, embed

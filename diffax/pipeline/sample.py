@@ -132,7 +132,7 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
             noise_level: Optional[float] = None, low_res_rng: Optional[jax.Array] = None,
             conditioner: Optional[conditions.Conditioner] = None, init_image=None, mask=None,
             strength: Optional[float] = None, resample: Optional[int] = None,
-            latent_space=None) -> Request:
+            latent_space=None, embedding=None) -> Request:
   """The `Request` of `config.sample` (its sampler settings, condition and guidance).
 
   Args:
@@ -159,6 +159,7 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
       are decoded, an init_image encoded (posterior mean) and a mask downsampled to the
       latent grid. None: a pixel model (or a latent model's sampler checked without its
       autoencoder, which then draws undecoded latents).
+    embedding: an unCLIP decoder's image embeddings `[n, D]`; image i gets row i % n.
   """
   check_edits(init_image=init_image is not None, mask=mask is not None,
               strength=strength is not None, resample=resample is not None)
@@ -172,7 +173,7 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
       num_images, class_label=config.sample.class_label if class_label is None else class_label,
       prompts=config.sample.prompts if prompts is None else prompts, low_res=low_res,
       noise_level=config.sample.noise_level if noise_level is None else noise_level,
-      rng=low_res_rng)
+      rng=low_res_rng, embedding=embedding)
   if cond is not None:
     per_image["cond"] = cond
   space = latent_space

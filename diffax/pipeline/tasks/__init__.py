@@ -22,16 +22,21 @@ has:
   evaluator(workdir, mesh) -> None or evaluate(step, params) -> scalars   (config.eval)
 
 Tasks: "diffusion" (pixel or latent diffusion: `config.latent`), "autoencoder" (the first
-stage of a latent model), "classifier" (the evaluation's feature network).
+stage of a latent model), "classifier" (the evaluation's feature network), "contrastive" (a
+CLIP image tower aligned to the frozen text encoder: unCLIP's embedding), "prior" (unCLIP's
+diffusion prior: text embedding -> image embedding, diffusion on `[B, D]` vectors).
 """
 
 from diffax.pipeline.tasks import autoencoder
 from diffax.pipeline.tasks import classifier
+from diffax.pipeline.tasks import contrastive
 from diffax.pipeline.tasks import diffusion
+from diffax.pipeline.tasks import prior
 
 # config.task -> the task class, built as cls(config).
 TASKS = {"diffusion": diffusion.DiffusionTask, "autoencoder": autoencoder.AutoencoderTask,
-         "classifier": classifier.ClassifierTask}
+         "classifier": classifier.ClassifierTask,
+         "contrastive": contrastive.ContrastiveTask, "prior": prior.PriorTask}
 
 
 def create(config):

@@ -6,7 +6,8 @@ autoencoder's params are the step's `frozen` argument and its `preprocess` encod
 micro-batch inside the step, and the sample grids are decoded to pixels (their .npz holds the
 latents too). Conditioning, guidance and the loss are the same either way. What conditions it
 (labels, captions through the frozen text encoder, the low-res image of a super-resolution
-stage) is `conditions.Conditioner`'s, from the keys the model reads.
+stage, the image embedding of an unCLIP decoder) is `conditions.Conditioner`'s, from the keys
+the model reads.
 """
 
 import jax
@@ -60,6 +61,10 @@ class DiffusionTask:
     """Builds the sampler of the training grids now, so that a bad `config.sample` value fails
     before anything compiles; likewise `config.eval` when evaluation is on."""
     self.sample_request(mesh=None)
+    if self.config.eval.every and self.conditioner.clip is not None:
+      raise ValueError(f"config.eval.every={self.config.eval.every}: the in-training evaluation "
+                       f"draws from labels or prompts, not from the image embeddings an unCLIP "
+                       f"decoder reads; set it to 0 and judge variations (tests/test_unclip.py)")
     if self.config.eval.every:
       from diffax.pipeline import evaluate  # pylint: disable=g-import-not-at-top,import-outside-toplevel
       evaluate.check_config(self.config, self.model)
@@ -76,16 +81,21 @@ class DiffusionTask:
 
   def prepare(self, workdir: Workdir, mesh):
     """A latent model loads its frozen autoencoder and resolves its latent settings
-    (`latent.resolve`). Returns the config to save (with them filled in)."""
-    if self.latent_shape is None:
-      return self.config
-    self.config, self.latent_space = latent.resolve(self.config, workdir, mesh)
-    self.frozen, self.preprocess = self.latent_space.params, self.latent_space.preprocess
-    self._request = None
-    space = self.latent_space
-    h, w, z = space.shape
-    report(f"latent space: {h}x{w}x{z} latents (f={space.factor}) of the autoencoder "
-           f"{space.workdir} at step {space.step}, scale factor {space.scale_factor:.6g}")
+    (`latent.resolve`); an unCLIP decoder's contrastive image tower joins the frozen params.
+    Returns the config to save (with the latent settings filled in)."""
+    if self.latent_shape is not None:
+      self.config, self.latent_space = latent.resolve(self.config, workdir, mesh)
+      self.frozen, self.preprocess = self.latent_space.params, self.latent_space.preprocess
+      self._request = None
+      space = self.latent_space
+      h, w, z = space.shape
+      report(f"latent space: {h}x{w}x{z} latents (f={space.factor}) of the autoencoder "
+             f"{space.workdir} at step {space.step}, scale factor {space.scale_factor:.6g}")
+    if self.conditioner.clip is not None:  # an unCLIP decoder embeds its images in the step
+      self.frozen, self.preprocess = conditions.embed_in_step(self.conditioner.clip,
+                                                              self.frozen, self.preprocess)
+      report(f"image embeddings: the frozen tower of {self.conditioner.clip.workdir} (step "
+             f"{self.conditioner.clip.step})")
     return self.config
 
   def _grid_low_res(self):
@@ -97,6 +107,15 @@ class DiffusionTask:
     images_ = data.load_eval_images(self.config, s.num_images)["image"]
     return conditions.downsample(images_, self.conditioner.factor)
 
+  def _grid_embedding(self):
+    """An unCLIP decoder's grid inputs: the embeddings of the first images of the data (the
+    grid shows variations of them)."""
+    if self.conditioner.clip is None:
+      return None
+    from diffax.pipeline import data  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    images_ = data.load_eval_images(self.config, self.config.sample.num_images)["image"]
+    return self.conditioner.clip.embed_images(images_)
+
   def sample_request(self, mesh) -> sample_lib.Request:
     s = self.config.sample
     if self._request is None or self._request.mesh is not mesh:
@@ -104,7 +123,7 @@ class DiffusionTask:
           self.config, self.model, self.schedule, num_images=s.num_images,
           batch_size=s.batch_size, mesh=mesh, low_res=self._grid_low_res(),
           low_res_rng=sample_lib.low_res_rng(self.config.seed), conditioner=self.conditioner,
-          latent_space=self.latent_space)
+          latent_space=self.latent_space, embedding=self._grid_embedding())
     return self._request
 
   def sample_rng(self, step: int) -> jax.Array:
