@@ -347,3 +347,19 @@ def digits_decoder_run(tmp_path_factory, digits_clip_run):
                       *DECODER_OVERRIDES, devices=STAGE_DEVICES)
   assert result.returncode == 0, script_failure(result)
   return workdir
+
+
+# The end-to-end tier: tests that train one of these stages through the real scripts (latent
+# diffusion, text, cascades, unCLIP, video and audio) and judge what it draws. They take longer
+# than the rest of the suite together, so `python -m pytest` (CI) leaves them out and
+# `python -m pytest -m slow` runs them (README, "Tests").
+END_TO_END_RUNS = frozenset({
+    "digits_autoencoder_run", "digits_latent_run", "latent_config", "digits_text_run",
+    "digits_text4_run", "digits_sr_run", "digits_clip_run", "digits_prior_run",
+    "digits_decoder_run", "video_run", "audio_run"})
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if END_TO_END_RUNS & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)
