@@ -7,7 +7,9 @@ downloads on first use; offline, see TFDS's manual_dir).
 Run:
   python scripts/train.py --config=configs/mnist_autoencoder.py --workdir=workdirs/mnist_ae
 
-Measured: see the README's "Latent diffusion" section (held-out PSNR, wall time on 2 CPU cores).
+Measured on 2 cores of an AMD EPYC (AVX-512) shared with a test run: 3,000 steps in 48 minutes
+of wall time; held-out PSNR 27.4 dB at step 1,000, 29.4 at 2,000, 30.3 at 3,000 (the 32 test
+digits of each grid). The README's "Latent diffusion" section shows the last grid.
 
 Variants: `smoke` shrinks everything to a seconds-long run.
 """
