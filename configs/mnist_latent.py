@@ -10,8 +10,13 @@ Run:
   python scripts/train.py --config=configs/mnist_latent.py --workdir=workdirs/mnist_latent
   python scripts/sample.py --workdir=workdirs/mnist_latent --out=workdirs/mnist_latent/s.png
 
-Measured: see the README's "Latent diffusion" section (samples judged by a classifier, wall
-time on 2 CPU cores).
+Measured on 2 cores of an AMD EPYC (AVX-512), on the autoencoder of the README's run (scale
+factor 0.300, measured): 5,000 steps in 27 minutes of wall time (with --config.eval.every=0;
+the cores were shared with a test run part of the time). A logistic regression fit on 20,000
+MNIST training digits (91 % right on real test digits) reads 100 % of 100 samples (guidance 3,
+DPM-Solver++(2M), 25 Karras steps, labels i % 10) as the requested digit; unguided, every
+class appears. `python benchmarks/latent_quality.py --latent=workdirs/mnist_latent`
+reproduces this; the README's "Latent diffusion" section shows the grid.
 
 Variants: `smoke` shrinks everything to a seconds-long run.
 """
