@@ -64,8 +64,12 @@ def base_config():
   c.model.num_res_blocks = 2
   c.model.attention_resolutions = (4,)
   c.model.num_heads = 1
+  c.model.head_channels = 0     # > 0: heads of this width at every level (SD 2), not num_heads
   c.model.dropout = 0.0
   c.model.num_groups = 32       # GroupNorm groups; must divide every channel count
+  c.model.norm_eps = 1e-6       # GroupNorm epsilon (Stable Diffusion's U-Net: 1e-5)
+  c.model.time_embedding = "ddpm"  # sinusoid: "ddpm" (sin, cos) | "adm" (cos, sin; LDM, SD)
+  c.model.mid_attention = True  # self-attention in the middle block (SD: only cross-attention)
   c.model.num_classes = 0       # 0: unconditional; k: labels 0..k-1 plus a null label k (CFG)
   c.model.scale_shift = True    # time embedding: ADM scale-shift (True) or DDPM additive (False)
   # Text conditioning (Stable Diffusion's cross-attention): context_dim = the text encoder's

@@ -8,7 +8,7 @@ ones load alike.
 
 from typing import Any, Mapping
 
-import numpy as np
+from diffax.interop import diffusers_unet
 
 
 def spatial_transformer_params(state_dict: Mapping[str, Any], prefix: str = "") -> dict:
@@ -24,35 +24,12 @@ def spatial_transformer_params(state_dict: Mapping[str, Any], prefix: str = "") 
   Raises:
     ValueError: naming a missing weight.
   """
-  def get(name):
-    if prefix + name not in state_dict:
-      raise ValueError(f"the state dict has no weight {prefix + name!r}")
-    return np.asarray(state_dict[prefix + name], np.float32)
-
-  def dense(name, bias=True):  # [out, in] or a 1x1 conv [out, in, 1, 1] -> [in, out]
-    w = get(name + ".weight")
-    kernel = w.reshape(w.shape[0], w.shape[1]).T
-    return {"dense": {"kernel": kernel, "bias": get(name + ".bias")}} if bias else {
-        "kernel": kernel}
-
-  def norm(name):
-    return {"scale": get(name + ".weight"), "bias": get(name + ".bias")}
-
-  def attn(name):
-    out = {f"to_{n}": dense(f"{name}.to_{n}", bias=False) for n in "qkv"}
-    out["to_out"] = dense(f"{name}.to_out.0")
-    return out
-
-  params = {"norm": norm("norm"), "proj_in": dense("proj_in"), "proj_out": dense("proj_out")}
   depth = 0
   while f"{prefix}transformer_blocks.{depth}.norm1.weight" in state_dict:
-    b = f"transformer_blocks.{depth}"
-    params[f"transformer_blocks_{depth}"] = {
-        "norm1": norm(b + ".norm1"), "attn1": attn(b + ".attn1"),
-        "norm2": norm(b + ".norm2"), "attn2": attn(b + ".attn2"),
-        "norm3": norm(b + ".norm3"),
-        "ff": {"proj": dense(b + ".ff.net.0.proj"), "out": dense(b + ".ff.net.2")}}
     depth += 1
   if not depth:
     raise ValueError(f"the state dict has no {prefix}transformer_blocks.0")
-  return params
+  entries = diffusers_unet.Entries()
+  entries.transformer((), prefix.rstrip("."), depth)
+  return diffusers_unet.gather(state_dict, entries, what="Transformer2DModel",
+                               exhaustive=False)

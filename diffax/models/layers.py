@@ -159,24 +159,36 @@ class GroupNorm(nn.Module):
                           fast=self.fast).astype(self.dtype)
 
 
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-  """Sinusoidal embedding of timesteps (Vaswani et al. 2017, sec. 3.5; DDPM appendix B).
+# The two sinusoidal timestep embeddings of the literature (`timestep_embedding`).
+TIME_EMBEDDINGS = ("ddpm", "adm")
 
-  emb(t)_i = sin(t * w_i) for i < dim/2 and cos(t * w_{i - dim/2}) after, with frequencies
-  w_i = max_period^(-i / (dim/2 - 1)) as in the DDPM reference code.
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0,
+                       form: str = "ddpm") -> jax.Array:
+  """Sinusoidal embedding of timesteps (Vaswani et al. 2017, sec. 3.5).
+
+  "ddpm" (DDPM appendix B, its reference code; diffusers' `flip_sin_to_cos=False,
+  freq_shift=1`): emb(t) = [sin(t w_i), cos(t w_i)] with w_i = max_period^(-i / (dim/2 - 1)).
+  "adm" (ADM, LDM and Stable Diffusion; diffusers' `flip_sin_to_cos=True, freq_shift=0`):
+  emb(t) = [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)).
 
   Args:
     t: timesteps, `[B]`, integer or float.
     dim: embedding width; an odd width is zero-padded by one.
     max_period: the slowest period.
+    form: "ddpm" or "adm".
 
   Returns:
     `f32[B, dim]`.
   """
+  if form not in TIME_EMBEDDINGS:
+    raise ValueError(f"time_embedding={form!r} is unknown; choose one of {TIME_EMBEDDINGS}")
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  denominator = max(half - 1, 1) if form == "ddpm" else half
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / denominator)
   args = t.astype(jnp.float32)[:, None] * freqs[None, :]  # [B, half]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  waves = [jnp.sin(args), jnp.cos(args)]
+  emb = jnp.concatenate(waves if form == "ddpm" else waves[::-1], axis=-1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
@@ -218,6 +230,7 @@ class ResBlock(nn.Module):
     scale_shift: ADM scale-shift time injection (True) or DDPM additive injection (False).
     dtype: compute dtype.
     fast: the layers' hand-written gradients (see the module docstring).
+    epsilon: the GroupNorms' epsilon (1e-6 in DDPM; 1e-5 in Stable Diffusion's U-Net).
   """
   features: int
   num_groups: int
@@ -225,12 +238,14 @@ class ResBlock(nn.Module):
   scale_shift: bool = True
   dtype: Dtype = jnp.float32
   fast: bool = True
+  epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x, emb, *, train: bool):
     """x `[B, *spatial, C_in]`, emb `[B, E]` -> `[B, *spatial, features]`."""
     dt, fast, ndim = self.dtype, self.fast, x.ndim - 2
-    h = GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm1")(x)
+    norm = lambda name: GroupNorm(self.num_groups, self.epsilon, dtype=dt, fast=fast, name=name)
+    h = norm("norm1")(x)
     h = conv3x3(self.features, dt, fast=fast, name="conv1", ndim=ndim)(nn.silu(h))
 
     emb_width = 2 * self.features if self.scale_shift else self.features
@@ -238,9 +253,9 @@ class ResBlock(nn.Module):
     emb = _broadcast_spatial(emb, h)  # [B, 1, ..., 1, emb_width]
     if self.scale_shift:
       scale, shift = jnp.split(emb, 2, axis=-1)
-      h = GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm2")(h) * (1 + scale) + shift
+      h = norm("norm2")(h) * (1 + scale) + shift
     else:
-      h = GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm2")(h + emb)
+      h = norm("norm2")(h + emb)
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = conv3x3(self.features, dt, fast=fast, name="conv2", zero=True, ndim=ndim)(h)
 
@@ -265,12 +280,14 @@ class AttentionBlock(nn.Module):
     fast: the layers' hand-written gradients (see the module docstring).
     axes: the spatial axes attended over, counted from 1 (x's axis numbers); None: all of them
       (the H*W positions of an image, the L of a 1-D signal).
+    epsilon: the GroupNorm's epsilon.
   """
   num_heads: int
   num_groups: int
   dtype: Dtype = jnp.float32
   fast: bool = True
   axes: Optional[Sequence[int]] = None
+  epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
@@ -279,7 +296,8 @@ class AttentionBlock(nn.Module):
     spatial = tuple(range(1, x.ndim - 1))
     axes = spatial if self.axes is None else tuple(self.axes)
     others = tuple(a for a in spatial if a not in axes)
-    h = GroupNorm(self.num_groups, dtype=self.dtype, fast=self.fast, name="norm")(x)
+    h = GroupNorm(self.num_groups, self.epsilon, dtype=self.dtype, fast=self.fast,
+                  name="norm")(x)
     qkv = Dense(3 * c, dtype=self.dtype, fast=self.fast, name="qkv")(h)
     # [B, *others, *axes, 3C]: the attended positions last but the channels.
     order = (0, *others, *axes, x.ndim - 1)
@@ -306,12 +324,14 @@ class SpaceTimeAttention(nn.Module):
   num_groups: int
   dtype: Dtype = jnp.float32
   fast: bool = True
+  epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
     """x `[B, T, H, W, C]` -> `[B, T, H, W, C]`."""
     block = lambda axes, name: AttentionBlock(self.num_heads, self.num_groups, self.dtype,
-                                              self.fast, axes=axes, name=name)
+                                              self.fast, axes=axes, epsilon=self.epsilon,
+                                              name=name)
     return block((1,), "time")(block((2, 3), "space")(x))
 
 

@@ -30,7 +30,7 @@ The rank of the sample shape picks the data (one module, the same parameter name
 Attention is used at the levels whose *resolution* is in `attention_resolutions`; a level's
 resolution is the size of its first resampled axis: the length L of a 1-D signal (e.g. 2048,
 then 1024, ...), the height H of an image, the frame height H of a video (its T frames never
-change). The middle block always has attention.
+change). The middle block has self-attention unless `mid_attention` is False.
 
 Conditions beyond the class label (`diffax.conditioning`), each read in one delimited place;
 both are for images (H, W, C):
@@ -73,9 +73,17 @@ class UNet(nn.Module):
     num_res_blocks: residual blocks per level on the way down (one more on the way up).
     attention_resolutions: level resolutions that get self-attention: the length (1-D), the
       height (images, e.g. 16 for 16x16) or the frame height (video) of the level's features.
-    num_heads: attention heads.
+    num_heads: attention heads (at every attention level).
+    head_channels: 0, or d: each attention level has channels / d heads of d channels
+      (Stable Diffusion 2's layout), instead of num_heads.
     dropout: dropout rate inside the residual blocks.
     num_groups: GroupNorm groups.
+    norm_eps: the GroupNorm epsilon of the residual blocks, self-attention and the output
+      (the cross-attention transformers keep 1e-6, as Stable Diffusion's do).
+    time_embedding: the sinusoidal timestep embedding, "ddpm" or "adm"
+      (`layers.timestep_embedding`; Stable Diffusion's is "adm").
+    mid_attention: self-attention in the middle block (Stable Diffusion's middle block has
+      only its cross-attention transformer: False).
     num_classes: 0 for an unconditional model; k > 0 reads `cond["label"]` through a k + 1 row
       label embedding whose row k is the null label of classifier-free guidance.
     scale_shift: ADM scale-shift time injection (True) or DDPM additive injection (False).
@@ -95,8 +103,12 @@ class UNet(nn.Module):
   num_res_blocks: int = 2
   attention_resolutions: Sequence[int] = ()
   num_heads: int = 1
+  head_channels: int = 0
   dropout: float = 0.0
   num_groups: int = 32
+  norm_eps: float = 1e-6
+  time_embedding: str = "ddpm"
+  mid_attention: bool = True
   num_classes: int = 0
   scale_shift: bool = True
   context_dim: int = 0
@@ -115,6 +127,10 @@ class UNet(nn.Module):
             + ("context", "context_mask") * bool(self.context_dim)
             + ("embedding",) * bool(self.embedding_dim)
             + ("low_res", "noise_level") * bool(self.low_res_size))
+
+  def heads(self, channels: int) -> int:
+    """The attention heads of a level with `channels` channels."""
+    return channels // self.head_channels if self.head_channels else self.num_heads
 
   @property
   def cross_attends(self) -> bool:
@@ -157,10 +173,10 @@ class UNet(nn.Module):
     axes = resampled_axes(ndim)
     cond = cond or {}
     res_block = lambda ch, name: layers.ResBlock(
-        ch, self.num_groups, self.dropout, self.scale_shift, dt, fast, name=name)
+        ch, self.num_groups, self.dropout, self.scale_shift, dt, fast, self.norm_eps, name=name)
     self_attention = layers.SpaceTimeAttention if ndim == 3 else layers.AttentionBlock
-    attn_block = lambda name: self_attention(self.num_heads, self.num_groups, dt, fast,
-                                             name=name)
+    attn_block = lambda h, name: self_attention(self.heads(h.shape[-1]), self.num_groups, dt,
+                                                fast, epsilon=self.norm_eps, name=name)(h)
     resolution = lambda h: h.shape[axes[0]]
     emb_dim = 4 * self.base_channels
     # --- cond["context"]: cross-attention (see the module docstring) ---
@@ -179,12 +195,12 @@ class UNet(nn.Module):
         context = jnp.concatenate([context.astype(dt), tokens], axis=1)
         context_mask = jnp.concatenate([context_mask, token_mask], axis=1)
     cross = lambda h, name: attention.SpatialTransformer(
-        self.num_heads, self.num_groups, self.transformer_depth, dt, fast, name=name)(
+        self.heads(h.shape[-1]), self.num_groups, self.transformer_depth, dt, fast, name=name)(
             h, context, context_mask)
     cross_at = lambda h: self.cross_attends and resolution(h) in self.cross_attention_resolutions
 
     t = jnp.broadcast_to(jnp.asarray(t), (batch,))
-    emb = layers.timestep_embedding(t, self.base_channels).astype(dt)  # [B, base]
+    emb = layers.timestep_embedding(t, self.base_channels, form=self.time_embedding).astype(dt)
     emb = layers.Dense(emb_dim, dtype=dt, fast=fast, name="temb_dense0")(emb)
     emb = layers.Dense(emb_dim, dtype=dt, fast=fast, name="temb_dense1")(nn.silu(emb))
     if self.num_classes:
@@ -212,7 +228,7 @@ class UNet(nn.Module):
       for i in range(self.num_res_blocks):
         h = res_block(self.base_channels * mult, f"down_{level}_res_{i}")(h, emb, train=train)
         if resolution(h) in self.attention_resolutions:
-          h = attn_block(f"down_{level}_attn_{i}")(h)
+          h = attn_block(h, f"down_{level}_attn_{i}")
         if cross_at(h):
           h = cross(h, f"down_{level}_xattn_{i}")
         skips.append(h)
@@ -221,7 +237,8 @@ class UNet(nn.Module):
         skips.append(h)
 
     h = res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
-    h = attn_block("mid_attn")(h)
+    if self.mid_attention:
+      h = attn_block(h, "mid_attn")
     if self.cross_attends:
       h = cross(h, "mid_xattn")
     h = res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
@@ -231,14 +248,15 @@ class UNet(nn.Module):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = res_block(self.base_channels * mult, f"up_{level}_res_{i}")(h, emb, train=train)
         if resolution(h) in self.attention_resolutions:
-          h = attn_block(f"up_{level}_attn_{i}")(h)
+          h = attn_block(h, f"up_{level}_attn_{i}")
         if cross_at(h):
           h = cross(h, f"up_{level}_xattn_{i}")
       if level != 0:
         h = layers.Upsample(dt, fast, axes, name=f"up_{level}_upsample")(h)
     assert not skips, len(skips)
 
-    h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm_out")(h))
+    h = nn.silu(layers.GroupNorm(self.num_groups, self.norm_eps, dtype=dt, fast=fast,
+                                 name="norm_out")(h))
     h = layers.conv3x3(x.shape[-1], dt, fast=fast, name="conv_out", zero=True, ndim=ndim)(h)
     return h.astype(jnp.float32)
 
@@ -293,8 +311,19 @@ def resampled_axes(ndim: int) -> tuple:
   return (2, 3) if ndim == 3 else tuple(range(1, ndim + 1))
 
 
+def _check_heads(num_heads, head_channels, channels, what) -> None:
+  """num_heads, or head_channels when set, must divide the channels of every `what` level."""
+  name, value = (("head_channels", head_channels) if head_channels
+                 else ("num_heads", num_heads))
+  bad = sorted(c for c in channels if c % value)
+  if bad:
+    raise ValueError(f"{name}={value} must divide the channels of every {what} level; it does "
+                     f"not divide {bad}")
+
+
 def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attention_resolutions,
-          num_heads, dropout, num_groups, num_classes, **_) -> None:
+          num_heads, dropout, num_groups, num_classes, head_channels=0, norm_eps=1e-6,
+          time_embedding="ddpm", **_) -> None:
   """Checks that the architecture fits `sample_shape`: (L, C), (H, W, C) or (T, H, W, C).
 
   Raises:
@@ -334,12 +363,15 @@ def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, attentio
     raise ValueError(f"attention_resolutions={tuple(attention_resolutions)} holds {unreached}, "
                      f"not reached by the network; its resolutions are {resolutions} (from the "
                      f"{first} {sizes[0]} and channel_mult={mult})")
+  _int("head_channels", head_channels, 0)
   attn_channels = {base_channels * mult[-1]} | {
       base_channels * k for k, r in zip(mult, resolutions) if r in attention_resolutions}
-  bad = sorted(c for c in attn_channels if c % num_heads)
-  if bad:
-    raise ValueError(f"num_heads={num_heads} must divide the channels of every attention level; "
-                     f"it does not divide {bad}")
+  _check_heads(num_heads, head_channels, attn_channels, "attention")
+  if not (isinstance(norm_eps, (float, int)) and norm_eps > 0):
+    raise ValueError(f"norm_eps must be a float > 0, got {norm_eps!r}")
+  if time_embedding not in layers.TIME_EMBEDDINGS:
+    raise ValueError(f"time_embedding={time_embedding!r} is unknown; choose one of "
+                     f"{layers.TIME_EMBEDDINGS}")
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
   if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
@@ -354,7 +386,7 @@ def _int(name, value, low):
 
 def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, context_dim,
                      cross_attention_resolutions, transformer_depth, low_res_size,
-                     embedding_dim=0, embedding_tokens=0, **_) -> None:
+                     embedding_dim=0, embedding_tokens=0, head_channels=0, **_) -> None:
   """Checks the text (cross-attention) and super-resolution keywords against the network.
 
   Raises:
@@ -394,10 +426,7 @@ def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, co
   if cross_attends:
     channels = {base_channels * mult[-1]} | {
         base_channels * k for k, r in zip(mult, resolutions) if r in cross_attention_resolutions}
-    bad = sorted(c for c in channels if c % num_heads)
-    if bad:
-      raise ValueError(f"num_heads={num_heads} must divide the channels of every "
-                       f"cross-attention level; it does not divide {bad}")
+    _check_heads(num_heads, head_channels, channels, "cross-attention")
   if low_res_size:
     factor = height // low_res_size
     if height % low_res_size or factor < 2 or width % factor:
@@ -407,7 +436,8 @@ def check_conditions(sample_shape, *, base_channels, channel_mult, num_heads, co
 
 
 def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), num_res_blocks=2,
-          attention_resolutions=(), num_heads=1, dropout=0.0, num_groups=32, num_classes=0,
+          attention_resolutions=(), num_heads=1, head_channels=0, dropout=0.0, num_groups=32,
+          norm_eps=1e-6, time_embedding="ddpm", mid_attention=True, num_classes=0,
           scale_shift=True, context_dim=0, cross_attention_resolutions=(), transformer_depth=1,
           embedding_dim=0, embedding_tokens=0, low_res_size=0):
   """The `UNet` for `sample_shape` and its null condition (`diffax.models.create`).
@@ -421,7 +451,8 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
   arch = dict(base_channels=base_channels, channel_mult=tuple(channel_mult),
               num_res_blocks=num_res_blocks, attention_resolutions=tuple(attention_resolutions),
               num_heads=num_heads, dropout=dropout, num_groups=num_groups,
-              num_classes=num_classes)
+              num_classes=num_classes, head_channels=head_channels, norm_eps=norm_eps,
+              time_embedding=time_embedding)
   check(sample_shape, **arch)
   check_conditions(sample_shape, **arch, context_dim=context_dim,
                    cross_attention_resolutions=tuple(cross_attention_resolutions),
@@ -433,8 +464,12 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
       num_res_blocks=int(num_res_blocks),
       attention_resolutions=tuple(int(r) for r in attention_resolutions),
       num_heads=int(num_heads),
+      head_channels=int(head_channels),
       dropout=float(dropout),
       num_groups=int(num_groups),
+      norm_eps=float(norm_eps),
+      time_embedding=str(time_embedding),
+      mid_attention=bool(mid_attention),
       num_classes=int(num_classes),
       scale_shift=bool(scale_shift),
       context_dim=int(context_dim),
