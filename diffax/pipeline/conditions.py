@@ -66,7 +66,7 @@ class Conditioner:
     self.config, self.keys = config, tuple(net.cond_keys)
     self.text, self._captions_encoded = None, False
     if "context" in self.keys:
-      self.text = text_lib.load(config.text.encoder or None, max_length=config.text.max_length)
+      self.text = text_lib.from_config(config)
       if self.text.width != config.model.context_dim:
         raise ValueError(
             f"config.model.context_dim={config.model.context_dim} must equal the width "

@@ -21,6 +21,7 @@ captions (a few hundred distinct templates for the digits) and a sampling run's 
 one encoder call each, however many steps reuse them.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -87,19 +88,32 @@ def _pooling(directory: str) -> str:
 
 
 class Tokenizer:
-  """tokenizer.json as fixed-length id and mask arrays (special tokens added, truncated)."""
+  """tokenizer.json as fixed-length id and mask arrays (special tokens added, truncated).
 
-  def __init__(self, path: str, max_length: int):
+  With `attend_padding` (Stable Diffusion's text conditioning) every text is padded with the
+  pad token that tokenizer.json's padding section names, and every position is marked real:
+  the text encoder and the cross-attention read the padding too, as SD was trained.
+  """
+
+  def __init__(self, path: str, max_length: int, attend_padding: bool = False):
     from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=g-import-not-at-top
     self._tokenizer = HFTokenizer.from_file(path)
+    self.pad_id = 0
+    if attend_padding:
+      if not self._tokenizer.padding:
+        raise ValueError(f"config.text.attend_padding pads with the tokenizer's pad token, but "
+                         f"{path} names none (its 'padding' section is null; scripts/convert.py "
+                         f"writes it for Stable Diffusion)")
+      self.pad_id = int(self._tokenizer.padding["pad_id"])
     self._tokenizer.no_padding()
     self._tokenizer.enable_truncation(max_length)
-    self.max_length = max_length
+    self.max_length, self.attend_padding = max_length, attend_padding
 
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """`(i32[N, max_length] ids, bool[N, max_length] mask)`; padding ids are 0."""
-    ids = np.zeros((len(texts), self.max_length), np.int32)
-    mask = np.zeros((len(texts), self.max_length), bool)
+    """`(i32[N, max_length] ids, bool[N, max_length] mask)`; padding ids are 0 (the pad
+    token's with `attend_padding`, the mask then all True)."""
+    ids = np.full((len(texts), self.max_length), self.pad_id, np.int32)
+    mask = np.full((len(texts), self.max_length), self.attend_padding)
     for i, encoding in enumerate(self._tokenizer.encode_batch(list(texts))):
       if encoding.overflowing:
         logging.warning("text %r is longer than config.text.max_length=%d tokens; truncated",
@@ -155,19 +169,44 @@ class FrozenTextEncoder:
 
     The empty text is the empty caption of classifier-free guidance: no token at all (zero
     context, mask all False), the null condition of a text model (`diffax.conditioning`).
+    With `attend_padding` (Stable Diffusion) it is the encoding of "" like any text, and
+    every position is real (`null_cond`).
     """
     out = self.encode(texts)
+    if self.tokenizer.attend_padding:
+      return {"context": out.tokens.astype(np.float32), "context_mask": out.mask}
     empty = np.array([len(t) == 0 for t in texts], bool)[:, None]  # [N, 1]
     return {"context": np.where(empty[..., None], 0.0, out.tokens).astype(np.float32),
             "context_mask": out.mask & ~empty}
 
 
-def load(directory: Optional[str] = None, *, max_length: int) -> FrozenTextEncoder:
+  def null_cond(self) -> dict:
+    """The null condition of a text model conditioned by this encoder, without a batch axis:
+    the empty caption (`cond([""])`)."""
+    return {k: v[0] for k, v in self.cond([""]).items()}
+
+
+@functools.lru_cache(maxsize=4)
+def load_cached(directory: str, max_length: int, attend_padding: bool) -> FrozenTextEncoder:
+  """`load`, once per process for each setting: the model's null condition and its
+  conditioner share one encoder."""
+  return load(directory or None, max_length=max_length, attend_padding=attend_padding)
+
+
+def from_config(config) -> FrozenTextEncoder:
+  """The text encoder of `config.text` (loaded once per process)."""
+  t = config.text
+  return load_cached(t.encoder, t.max_length, bool(t.get("attend_padding", False)))
+
+
+def load(directory: Optional[str] = None, *, max_length: int,
+         attend_padding: bool = False) -> FrozenTextEncoder:
   """Reads a Hugging Face text encoder directory (see the module docstring).
 
   Args:
     directory: the directory; None or "" for the default (`default_encoder_dir`).
     max_length: tokens per text, special tokens included (at most the encoder's positions).
+    attend_padding: Stable Diffusion's conditioning (`Tokenizer`, `FrozenTextEncoder.cond`).
 
   Raises:
     FileNotFoundError: the directory, its config.json, weights or tokenizer.json is missing.
@@ -199,4 +238,5 @@ def load(directory: Optional[str] = None, *, max_length: int) -> FrozenTextEncod
       3 <= max_length <= encoder.max_length):
     raise ValueError(f"config.text.max_length must be an int in [3, {encoder.max_length}] "
                      f"(the encoder's positions, [CLS] and [SEP] included), got {max_length!r}")
-  return FrozenTextEncoder(directory, encoder, params, Tokenizer(tokenizer_path, max_length))
+  return FrozenTextEncoder(directory, encoder, params,
+                           Tokenizer(tokenizer_path, max_length, attend_padding))
