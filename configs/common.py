@@ -224,6 +224,10 @@ def autoencoder_config():
   c.model.mid_attention = True
   c.model.num_groups = 32
   c.model.dropout = 0.0
+  # The stride-2 convs' padding: "symmetric" (1, 1) or "asymmetric" (0, 1), LDM's and Stable
+  # Diffusion's VAE (a converted diffusers AutoencoderKL has it).
+  c.model.downsample_padding = "symmetric"
+  c.model.quant_conv = True       # the 1x1 convs around the latent (LDM's quant_conv)
   c.model.dtype = "float32"
   c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
 

@@ -17,6 +17,11 @@ Layout, for `channel_mult = (m_0, ..., m_{L-1})`, `c = base_channels`, f = 2^(L-
            the last: num_res_blocks + 1 x ResnetBlock(c * m_i), then nearest upsampling + conv
            (not after level 0); GroupNorm, SiLU, conv3x3 to the image channels
 
+The stride-2 conv pads 1 on each side by default; `downsample_padding="asymmetric"` pads (0, 1)
+as LDM's code does, and so Stable Diffusion's VAE (`diffax.interop.autoencoder_from_diffusers`
+loads those weights). `quant_conv=False` drops both 1x1 convs (diffusers' `use_quant_conv` /
+`use_post_quant_conv`).
+
 A ResnetBlock is the U-Net's residual block without a time embedding: GN, SiLU, conv3x3, GN,
 SiLU, dropout, conv3x3, plus the input (through a 1x1 projection when channels change). The
 decoder's output is not squashed (LDM's is not either); the log-variance is clipped to
@@ -103,6 +108,8 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   fast: bool = True
+  downsample_padding: str = "symmetric"
+  quant_conv: bool = True
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -113,13 +120,15 @@ class Encoder(nn.Module):
         h = ResnetBlock(self.base_channels * mult, self.num_groups, self.dropout, dt, fast,
                         name=f"down_{level}_res_{i}")(h, train=train)
       if level != len(self.channel_mult) - 1:
-        h = layers.Downsample(dt, fast, name=f"down_{level}_downsample")(h)
+        h = layers.Downsample(dt, fast, padding=self.downsample_padding,
+                              name=f"down_{level}_downsample")(h)
     h = _Middle(self.num_groups, self.mid_attention, self.dropout, dt, fast, name="mid")(
         h, train=train)
     h = nn.silu(layers.GroupNorm(self.num_groups, dtype=dt, fast=fast, name="norm_out")(h))
     h = layers.conv3x3(2 * self.latent_channels, dt, fast=fast, name="conv_out")(h)
-    moments = layers.Dense(2 * self.latent_channels, dtype=dt, fast=fast,
-                           name="quant_conv")(h).astype(jnp.float32)
+    if self.quant_conv:
+      h = layers.Dense(2 * self.latent_channels, dtype=dt, fast=fast, name="quant_conv")(h)
+    moments = h.astype(jnp.float32)
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
@@ -139,11 +148,14 @@ class Decoder(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   fast: bool = True
+  quant_conv: bool = True
 
   @nn.compact
   def __call__(self, z, *, train: bool = False, features: bool = False):
     dt, fast = self.dtype, self.fast
-    h = layers.Dense(z.shape[-1], dtype=dt, fast=fast, name="post_quant_conv")(z.astype(dt))
+    h = z.astype(dt)
+    if self.quant_conv:
+      h = layers.Dense(z.shape[-1], dtype=dt, fast=fast, name="post_quant_conv")(h)
     top = self.base_channels * self.channel_mult[-1]
     h = layers.conv3x3(top, dt, fast=fast, name="conv_in")(h)
     h = _Middle(self.num_groups, self.mid_attention, self.dropout, dt, fast, name="mid")(
@@ -189,7 +201,7 @@ class Autoencoder:
 
 
 def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, latent_channels,
-          num_groups, dropout) -> None:
+          num_groups, dropout, downsample_padding="symmetric") -> None:
   """Checks that the architecture fits `sample_shape` (H, W, C).
 
   Raises:
@@ -221,11 +233,15 @@ def check(sample_shape, *, base_channels, channel_mult, num_res_blocks, latent_c
                      f"{channels}; it does not divide {bad}")
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+  if downsample_padding not in layers.DOWNSAMPLE_PADDINGS:
+    raise ValueError(f"downsample_padding must be one of {sorted(layers.DOWNSAMPLE_PADDINGS)} "
+                     f"('asymmetric': LDM's and diffusers' VAE), got {downsample_padding!r}")
 
 
 def build(sample_shape, dtype, fast, *, base_channels: int = 64, channel_mult=(1, 2),
           num_res_blocks: int = 2, latent_channels: int = 4, mid_attention: bool = True,
-          num_groups: int = 32, dropout: float = 0.0) -> Autoencoder:
+          num_groups: int = 32, dropout: float = 0.0, downsample_padding: str = "symmetric",
+          quant_conv: bool = True) -> Autoencoder:
   """The `Autoencoder` for images of `sample_shape` (`diffax.models.create_autoencoder`).
 
   Args:
@@ -239,17 +255,22 @@ def build(sample_shape, dtype, fast, *, base_channels: int = 64, channel_mult=(1
     mid_attention: self-attention in the middle of encoder and decoder (LDM's default).
     num_groups: GroupNorm groups.
     dropout: dropout rate in the residual blocks (used when `train=True`, with an rng).
+    downsample_padding: the stride-2 convs' padding, "symmetric" (1, 1) or "asymmetric" (0, 1)
+      (LDM's and diffusers' AutoencoderKL).
+    quant_conv: the 1x1 convs after the encoder and before the decoder ("quant_conv",
+      "post_quant_conv").
   """
   sample_shape = tuple(int(d) for d in sample_shape)
   check(sample_shape, base_channels=base_channels, channel_mult=channel_mult,
         num_res_blocks=num_res_blocks, latent_channels=latent_channels, num_groups=num_groups,
-        dropout=dropout)
+        dropout=dropout, downsample_padding=downsample_padding)
   common = dict(base_channels=int(base_channels),
                 channel_mult=tuple(int(k) for k in channel_mult),
                 num_res_blocks=int(num_res_blocks), mid_attention=bool(mid_attention),
                 num_groups=int(num_groups), dropout=float(dropout), dtype=dtype,
-                fast=bool(fast))
-  encoder = Encoder(latent_channels=int(latent_channels), **common)
+                fast=bool(fast), quant_conv=bool(quant_conv))
+  encoder = Encoder(latent_channels=int(latent_channels), downsample_padding=downsample_padding,
+                    **common)
   decoder = Decoder(out_channels=sample_shape[-1], **common)
   # The decoder's last conv on its own, applied to params["decoder"]["conv_out"].
   head = layers.conv3x3(sample_shape[-1], dtype, fast=bool(fast), name="conv_out")

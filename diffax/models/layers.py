@@ -335,12 +335,23 @@ class SpaceTimeAttention(nn.Module):
     return block((1,), "time")(block((2, 3), "space")(x))
 
 
+# Downsample's padding of a strided axis: 1 before and after (DDPM, ADM), or none before and 1
+# after (LDM's autoencoder, and so diffusers' AutoencoderKL: `downsample_padding=0`).
+DOWNSAMPLE_PADDINGS = {"symmetric": (1, 1), "asymmetric": (0, 1)}
+
+
 class Downsample(nn.Module):
   """Halves the size of the spatial axes `axes` (default: all) with a stride-2 3x3 conv (DDPM
-  `resamp_with_conv`); axes not in `axes` (a video's time) keep their size, stride 1."""
+  `resamp_with_conv`); axes not in `axes` (a video's time) keep their size, stride 1.
+
+  `padding` "asymmetric" pads a strided axis by (0, 1) instead of (1, 1) (LDM's and diffusers'
+  VAE): the same parameters and output size, a window shifted by one pixel. Images and 1-D
+  signals only; a video's (2+1)-D convolution pads symmetrically.
+  """
   dtype: Dtype = jnp.float32
   fast: bool = True
   axes: Optional[Sequence[int]] = None
+  padding: str = "symmetric"
 
   @nn.compact
   def __call__(self, x):
@@ -348,8 +359,16 @@ class Downsample(nn.Module):
     spatial = range(1, x.ndim - 1)
     axes = spatial if self.axes is None else self.axes
     strides = tuple(2 if a in axes else 1 for a in spatial)
-    return conv3x3(x.shape[-1], self.dtype, fast=self.fast, name="conv", strides=strides,
-                   ndim=x.ndim - 2)(x)
+    if self.padding == "symmetric":
+      return conv3x3(x.shape[-1], self.dtype, fast=self.fast, name="conv", strides=strides,
+                     ndim=x.ndim - 2)(x)
+    if self.padding not in DOWNSAMPLE_PADDINGS or x.ndim == 5:
+      raise ValueError(f"downsample padding {self.padding!r} is not supported here; choose one "
+                       f"of {sorted(DOWNSAMPLE_PADDINGS)} ('symmetric' for video)")
+    padding = tuple(DOWNSAMPLE_PADDINGS[self.padding if s == 2 else "symmetric"]
+                    for s in strides)
+    return Conv(x.shape[-1], (3,) * (x.ndim - 2), strides=strides, padding=padding,
+                dtype=self.dtype, fast=self.fast, name="conv")(x)
 
 
 class Upsample(nn.Module):
