@@ -9,6 +9,7 @@ ones load alike.
 from typing import Any, Mapping
 
 from diffax.interop import diffusers_unet
+from diffax.interop import weight_map
 
 
 def spatial_transformer_params(state_dict: Mapping[str, Any], prefix: str = "") -> dict:
@@ -31,5 +32,4 @@ def spatial_transformer_params(state_dict: Mapping[str, Any], prefix: str = "") 
     raise ValueError(f"the state dict has no {prefix}transformer_blocks.0")
   entries = diffusers_unet.Entries()
   entries.transformer((), prefix.rstrip("."), depth)
-  return diffusers_unet.gather(state_dict, entries, what="Transformer2DModel",
-                               exhaustive=False)
+  return weight_map.gather(state_dict, entries, what="Transformer2DModel", exhaustive=False)

@@ -20,9 +20,8 @@ a ValueError naming the option. A config.json may omit options; the diffusers de
 
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from diffax import models
+from diffax.interop import weight_map
 
 CONDITION_MODEL = "UNet2DConditionModel"
 _DOWN = {"DownBlock2D": None, "AttnDownBlock2D": "self", "CrossAttnDownBlock2D": "cross"}
@@ -170,39 +169,12 @@ def _heads(channels, heads, what) -> dict:
                    f"count nor one width; diffax's U-Net uses num_heads or head_channels")
 
 
-def _conv_in(w):  # torch OIHW -> HWIO
-  return np.transpose(np.asarray(w, np.float32), (2, 3, 1, 0))
-
-
-def _conv_out(w):  # HWIO -> torch OIHW
-  return np.ascontiguousarray(np.transpose(np.asarray(w, np.float32), (3, 2, 0, 1)))
-
-
-def _dense_in(w):  # torch [out, in] (or a 1x1 conv [out, in, 1, 1]) -> [in, out]
-  w = np.asarray(w, np.float32)
-  return w.reshape(w.shape[0], w.shape[1]).T
-
-
 def _key(prefix: str, name: str) -> str:
   return f"{prefix}.{name}" if prefix else name
 
 
-class Entries(list):
-  """A weight map under construction: `(diffax path, torch keys, kind)` rows, kind one of
-  conv | dense | shortcut | vector | qkv (how a weight is laid out on each side)."""
-
-  def conv(self, path, key):
-    self.append((path + ("kernel",), (key + ".weight",), "conv"))
-    self.append((path + ("bias",), (key + ".bias",), "vector"))
-
-  def dense(self, path, key, kind="dense", bias=True):
-    self.append((path + ("kernel",), (key + ".weight",), kind))
-    if bias:
-      self.append((path + ("bias",), (key + ".bias",), "vector"))
-
-  def norm(self, path, key):
-    self.append((path + ("scale",), (key + ".weight",), "vector"))
-    self.append((path + ("bias",), (key + ".bias",), "vector"))
+class Entries(weight_map.Entries):
+  """The U-Net's weight map (`weight_map.Entries`) with its diffusers blocks."""
 
   def resnet(self, name, key, shortcut):
     self.conv((name, "conv1"), key + ".conv1")
@@ -212,13 +184,6 @@ class Entries(list):
     self.dense((name, "temb_proj"), key + ".time_emb_proj")
     if shortcut:
       self.dense((name, "skip"), key + ".conv_shortcut", "shortcut")
-
-  def attention(self, name, key):
-    """diffusers' `Attention` with a GroupNorm onto `layers.AttentionBlock`."""
-    self.norm((name, "norm"), key + ".group_norm")
-    self.append(((name, "qkv", "kernel"), tuple(f"{key}.to_{n}.weight" for n in "qkv"), "qkv"))
-    self.append(((name, "qkv", "bias"), tuple(f"{key}.to_{n}.bias" for n in "qkv"), "qkv"))
-    self.dense((name, "proj_out"), key + ".to_out.0")
 
   def transformer(self, path, key, depth, linear_projection=True):
     """diffusers' `Transformer2DModel` onto `attention.SpatialTransformer`: its proj_in and
@@ -304,69 +269,13 @@ def _weight_map(arch: dict, *, linear_projection: bool = True) -> Entries:
   return entries
 
 
-def gather(state_dict: Mapping[str, Any], entries: Entries, *, what: str,
-           exhaustive: bool = True) -> dict:
-  """The diffax parameter tree of `entries` from a torch state dict.
-
-  Raises:
-    ValueError: a weight missing from the state dict or (with `exhaustive`) one left unused.
-  """
-  params, used = {}, set()
-  for path, keys, kind in entries:
-    missing = [k for k in keys if k not in state_dict]
-    if missing:
-      raise ValueError(f"the {what} state dict has no {missing[0]!r}")
-    used.update(keys)
-    values = [state_dict[k] for k in keys]
-    if kind == "conv":
-      value = _conv_in(values[0])
-    elif kind in ("dense", "shortcut"):
-      value = _dense_in(values[0])
-    elif kind == "qkv":
-      value = np.concatenate([_dense_in(v) if np.ndim(v) == 2 else np.asarray(v, np.float32)
-                              for v in values], axis=-1)
-    else:
-      value = np.array(values[0], np.float32)
-    node = params
-    for name in path[:-1]:
-      node = node.setdefault(name, {})
-    node[path[-1]] = value
-  unused = sorted(set(state_dict) - used)
-  if exhaustive and unused:
-    raise ValueError(f"the {what} state dict has weights diffax does not use: {unused[:5]}"
-                     + (" ..." if len(unused) > 5 else ""))
-  return params
-
-
-def scatter(params, entries: Entries) -> dict:
-  """The torch state dict of `entries` from a diffax parameter tree (`gather`'s inverse)."""
-  state_dict = {}
-  for path, keys, kind in entries:
-    value = params
-    for name in path:
-      value = value[name]
-    value = np.asarray(value, np.float32)
-    if kind == "conv":
-      state_dict[keys[0]] = _conv_out(value)
-    elif kind == "dense":
-      state_dict[keys[0]] = np.ascontiguousarray(value.T)
-    elif kind == "shortcut":
-      state_dict[keys[0]] = np.ascontiguousarray(value.T[:, :, None, None])
-    elif kind == "qkv":
-      for key, part in zip(keys, np.split(value, 3, axis=-1)):
-        state_dict[key] = np.ascontiguousarray(part.T if part.ndim == 2 else part)
-    else:
-      state_dict[keys[0]] = np.ascontiguousarray(value)
-  return state_dict
-
-
 def convert_unet2d(state_dict: Mapping[str, Any], arch: dict) -> dict:
   """diffusers U-Net weights -> the parameter tree of `models.create("unet", **arch)`.
 
   Raises:
     ValueError: a weight missing from the state dict, or one the U-Net does not use.
   """
-  return gather(state_dict, _weight_map(arch), what="U-Net")
+  return weight_map.gather(state_dict, _weight_map(arch), what="U-Net")
 
 
 def unet_from_diffusers(config: Mapping[str, Any], state_dict: Mapping[str, Any]
@@ -463,4 +372,4 @@ def unet_to_diffusers(arch: Mapping[str, Any], params) -> tuple[dict, dict]:
                             else widths.pop()),
         add_attention=mid)
   arch.setdefault("num_classes", 0)
-  return config, scatter(params, _weight_map(arch))
+  return config, weight_map.scatter(params, _weight_map(arch))
