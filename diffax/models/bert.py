@@ -35,9 +35,11 @@ POOLINGS = ("mean", "cls")
 
 
 class SelfAttention(nn.Module):
-  """BERT's multi-head self-attention with biases on q, k, v (`BertSelfAttention`)."""
+  """BERT's multi-head self-attention with biases on q, k, v (`BertSelfAttention`); with
+  `causal`, each position attends to itself and earlier ones only (CLIP's text tower)."""
   num_heads: int
   dtype: Any = jnp.float32
+  causal: bool = False
 
   @nn.compact
   def __call__(self, h, mask):
@@ -49,7 +51,10 @@ class SelfAttention(nn.Module):
     k = split(nn.Dense(width, dtype=self.dtype, name="key")(h))
     v = split(nn.Dense(width, dtype=self.dtype, name="value")(h))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    allowed = mask[:, None, None, :]  # [B, 1, 1, L]: the keys
+    if self.causal:
+      allowed = allowed & jnp.tril(jnp.ones((length, length), bool))  # [B, 1, L, L]
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, width)
 

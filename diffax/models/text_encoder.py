@@ -10,8 +10,10 @@ A text encoder is pure functions, like a denoiser (`diffax.models.Model`):
 Its parameters come from a pretrained checkpoint (`diffax.interop.text_encoder_from_transformers`
 maps a transformers state dict onto them) and are never trained; tokenizing text and reading a
 checkpoint directory are the pipeline's (`diffax.pipeline.text`). `ENCODERS` maps an
-architecture name to its network: BERT today (`bert`); a CLIP or T5 text tower is another
-entry with the same `(params, token_ids, mask) -> Encoded` contract.
+architecture name to its network, each with the same `(params, token_ids, mask) -> Encoded`
+contract: BERT (`bert`, bidirectional; pooled: the mean or [CLS]) and CLIP's text tower
+(`clip_text`, causal, Stable Diffusion's; pooled: the end-of-text state). A T5 encoder would be
+another entry.
 """
 
 import dataclasses
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffax.models import bert
+from diffax.models import clip_text
 
 
 class Encoded(NamedTuple):
@@ -48,9 +51,8 @@ class TextEncoder:
   name: str
 
 
-def _bert(dtype, **arch) -> TextEncoder:
-  bert.check(**arch)
-  module = bert.BertEncoder(**arch, dtype=dtype)
+def _wrap(module, name: str, width: int, max_length: int) -> TextEncoder:
+  """A Flax `module(token_ids, mask) -> (tokens, pooled)` as a `TextEncoder`."""
 
   def apply_fn(params, token_ids, mask):
     mask = jnp.asarray(mask, bool)
@@ -61,12 +63,24 @@ def _bert(dtype, **arch) -> TextEncoder:
     ids = jnp.zeros((1, 2), jnp.int32)
     return module.init(rng, ids, jnp.ones((1, 2), bool))["params"]
 
-  return TextEncoder(apply_fn=apply_fn, init_fn=init_fn, width=arch["hidden_size"],
-                     max_length=arch["max_positions"], name="bert")
+  return TextEncoder(apply_fn=apply_fn, init_fn=init_fn, width=width, max_length=max_length,
+                     name=name)
+
+
+def _bert(dtype, **arch) -> TextEncoder:
+  bert.check(**arch)
+  return _wrap(bert.BertEncoder(**arch, dtype=dtype), "bert", arch["hidden_size"],
+               arch["max_positions"])
+
+
+def _clip(dtype, **arch) -> TextEncoder:
+  clip_text.check(**arch)
+  return _wrap(clip_text.ClipTextEncoder(**arch, dtype=dtype), "clip", arch["hidden_size"],
+               arch["max_positions"])
 
 
 # name -> builder(dtype, **arch) -> TextEncoder.
-ENCODERS = {"bert": _bert}
+ENCODERS = {"bert": _bert, "clip": _clip}
 
 
 def create(name: str, *, dtype=jnp.float32, **arch) -> TextEncoder:
