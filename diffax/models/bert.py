@@ -132,19 +132,35 @@ class BertEncoder(nn.Module):
     return tokens, pooled
 
 
+def check_transformer(model: str, activations, *, hidden_size, num_heads, activation,
+                      **sizes) -> None:
+  """Checks a transformer text encoder's architecture (BERT's, CLIP's).
+
+  Args:
+    model: its name in the messages.
+    activations: the activation names it implements.
+    hidden_size, num_heads, activation: the values to check.
+    **sizes: further sizes that must be ints >= 1 (vocab_size, num_layers, ...).
+
+  Raises:
+    ValueError: naming the first bad value.
+  """
+  for name, value in dict(sizes, hidden_size=hidden_size, num_heads=num_heads).items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{model} {name} must be an int >= 1, got {value!r}")
+  if hidden_size % num_heads:
+    raise ValueError(f"{model} num_heads={num_heads} must divide hidden_size={hidden_size}")
+  if activation not in activations:
+    raise ValueError(f"{model} activation {activation!r} is not supported; choose one of "
+                     f"{sorted(activations)}")
+
+
 def check(*, vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_positions,
           type_vocab_size, activation, pooling, **_) -> None:
   """Raises ValueError naming the first architecture value BertEncoder cannot build."""
-  for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
-                      ("num_layers", num_layers), ("num_heads", num_heads),
-                      ("intermediate_size", intermediate_size),
-                      ("max_positions", max_positions), ("type_vocab_size", type_vocab_size)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"BERT {name} must be an int >= 1, got {value!r}")
-  if hidden_size % num_heads:
-    raise ValueError(f"BERT num_heads={num_heads} must divide hidden_size={hidden_size}")
-  if activation not in ACTIVATIONS:
-    raise ValueError(f"BERT activation {activation!r} is not supported; choose one of "
-                     f"{sorted(ACTIVATIONS)}")
+  check_transformer("BERT", ACTIVATIONS, vocab_size=vocab_size, hidden_size=hidden_size,
+                    num_layers=num_layers, num_heads=num_heads,
+                    intermediate_size=intermediate_size, max_positions=max_positions,
+                    type_vocab_size=type_vocab_size, activation=activation)
   if pooling not in POOLINGS:
     raise ValueError(f"BERT pooling {pooling!r} is unknown; choose one of {list(POOLINGS)}")

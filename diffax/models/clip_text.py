@@ -34,13 +34,9 @@ ACTIVATIONS = {**bert.ACTIVATIONS, "quick_gelu": lambda x: x * jax.nn.sigmoid(1.
 LEGACY_EOS_TOKEN_ID = 2  # transformers' marker of configs written before its PR #24773
 
 
-class Layer(nn.Module):
-  """One pre-norm transformer layer with causal self-attention (`CLIPEncoderLayer`)."""
-  num_heads: int
-  intermediate_size: int
-  activation: str
-  layer_norm_eps: float
-  dtype: Any = jnp.float32
+class Layer(bert.Layer):
+  """One pre-norm transformer layer with causal self-attention (`CLIPEncoderLayer`): BERT's
+  layer with the norms moved before each branch."""
 
   @nn.compact
   def __call__(self, h, mask):
@@ -106,17 +102,10 @@ class ClipTextEncoder(nn.Module):
 def check(*, vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_positions,
           activation, eos_token_id, **_) -> None:
   """Raises ValueError naming the first architecture value ClipTextEncoder cannot build."""
-  for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
-                      ("num_layers", num_layers), ("num_heads", num_heads),
-                      ("intermediate_size", intermediate_size),
-                      ("max_positions", max_positions)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"CLIP {name} must be an int >= 1, got {value!r}")
-  if hidden_size % num_heads:
-    raise ValueError(f"CLIP num_heads={num_heads} must divide hidden_size={hidden_size}")
-  if activation not in ACTIVATIONS:
-    raise ValueError(f"CLIP activation {activation!r} is not supported; choose one of "
-                     f"{sorted(ACTIVATIONS)}")
+  bert.check_transformer("CLIP", ACTIVATIONS, vocab_size=vocab_size, hidden_size=hidden_size,
+                         num_layers=num_layers, num_heads=num_heads,
+                         intermediate_size=intermediate_size, max_positions=max_positions,
+                         activation=activation)
   if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, int):
     raise ValueError(f"CLIP eos_token_id must be one int (the end-of-text token id), got "
                      f"{eos_token_id!r}")
