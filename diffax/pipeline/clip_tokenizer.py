@@ -67,25 +67,26 @@ def build(vocab: dict, merges: list, *, special_tokens: Optional[dict] = None):
   Raises:
     ValueError: a special token missing from the vocabulary, named.
   """
-  from tokenizers import AddedToken, Regex, Tokenizer  # pylint: disable=g-import-not-at-top
-  from tokenizers import decoders, models, normalizers, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top,g-multiple-import
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import normalizers, pre_tokenizers  # pylint: disable=g-import-not-at-top
   special = {**SPECIAL_TOKENS, **(special_tokens or {})}
   for role, token in special.items():
     if token not in vocab:
       raise ValueError(f"the CLIP vocabulary has no {role} {token!r}")
-  tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
-                                   continuing_subword_prefix="", end_of_word_suffix="</w>",
-                                   fuse_unk=False, unk_token=special["unk_token"]))
-  tokenizer.normalizer = normalizers.Sequence(
-      [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(
+      vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+      end_of_word_suffix="</w>", fuse_unk=False, unk_token=special["unk_token"]))
+  tokenizer.normalizer = normalizers.Sequence([
+      normalizers.NFC(), normalizers.Replace(tokenizers.Regex(r"\s+"), " "),
+      normalizers.Lowercase()])
   tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(SPLIT), behavior="removed", invert=True),
+      pre_tokenizers.Split(tokenizers.Regex(SPLIT), behavior="removed", invert=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False)])
-  tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.add_special_tokens([AddedToken(t, special=True) for t in dict.fromkeys(
+  tokenizer.decoder = tokenizers.decoders.ByteLevel()
+  tokenizer.add_special_tokens([tokenizers.AddedToken(t, special=True) for t in dict.fromkeys(
       special[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token"))])
   bos, eos, pad = special["bos_token"], special["eos_token"], special["pad_token"]
-  tokenizer.post_processor = processors.RobertaProcessing(
+  tokenizer.post_processor = tokenizers.processors.RobertaProcessing(
       (eos, vocab[eos]), (bos, vocab[bos]), trim_offsets=False, add_prefix_space=False)
   # Names the pad token in tokenizer.json (Stable Diffusion pads with it: `text.Tokenizer`).
   tokenizer.enable_padding(pad_id=vocab[pad], pad_token=pad)
