@@ -57,6 +57,7 @@ class Sampler:
   def __init__(self, cfg, sampler: str, batch: int, steps: int, *, seed: int = 0,
                dtype: Optional[str] = None, compiler_options: Optional[dict] = None):
     init_fn, apply_fn = build.model(cfg, dtype=dtype)
+    self.apply_fn = apply_fn
     self.params = jax.jit(init_fn)(jax.random.key(seed))
     self.num_params = models.count_params(self.params)
     schedule = build.schedule(cfg)

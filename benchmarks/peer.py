@@ -112,3 +112,14 @@ class TrainStep:
     """FLOPs of one step's forward and backward (PyTorch's FlopCounterMode)."""
     from benchmarks import limit  # pylint: disable=g-import-not-at-top
     return limit.torch_flops(self)
+
+
+def load_diffax_params(model: torch.nn.Module, cfg, params) -> None:
+  """Loads a diffax U-Net's params of config `cfg` into `model` (`unet(width)`), converted by
+  `diffax.interop.unet_to_diffusers`: both sides then compute the same function."""
+  from diffax import interop  # pylint: disable=g-import-not-at-top
+  arch = {k: v for k, v in cfg.model.items() if k not in ("name", "dtype", "fast_layers")}
+  arch["sample_shape"] = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+  _, state_dict = interop.unet_to_diffusers(arch, params)
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
+                        strict=True)

@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import compile_time
 from benchmarks import diffax_cases
@@ -84,6 +86,27 @@ def _with_threads(fn, threads: int, default: int):
   return call
 
 
+def _share_weights(ours, theirs, cfg) -> dict:
+  """Gives both samplers the same random weights (diffax's, every one perturbed so no branch
+  is a zero-initialised identity), converted by `diffax.interop.unet_to_diffusers` into the
+  peer, and checks that one model evaluation agrees: the two sides time the same function."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import peer  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  ours.params = jax.tree.map(
+      lambda p: jnp.asarray(p + 0.02 * rng.standard_normal(p.shape).astype(np.float32)),
+      jax.device_get(ours.params))
+  peer.load_diffax_params(theirs.model, cfg, jax.device_get(ours.params))
+  x = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+  t = np.array([10, 700])
+  with torch.inference_mode():
+    want = theirs.model(torch.from_numpy(x.transpose(0, 3, 1, 2)).contiguous(),
+                        torch.from_numpy(t)).sample.numpy().transpose(0, 2, 3, 1)
+  got = np.asarray(jax.jit(ours.apply_fn)(ours.params, x, t))
+  return {"converted": "diffax.interop.unet_to_diffusers",
+          "max_rel_err": float(np.abs(got - want).max() / np.abs(want).max())}
+
+
 def bench_sampler(spec: str, args, limit_flops, records, out):
   name, batch, steps = spec.split(":")
   batch, steps = int(batch), int(steps)
@@ -98,6 +121,7 @@ def bench_sampler(spec: str, args, limit_flops, records, out):
     if args.peer:
       from benchmarks import peer  # pylint: disable=g-import-not-at-top
       theirs = peer.Sampler(width, name, batch, steps, channels_last=args.channels_last)
+      same_weights = _share_weights(ours, theirs, cfg)
       for n in peer_threads:
         cases[f"peer_{n}t"] = _with_threads(theirs, n, args.torch_threads)
     load = machine.load_average()
@@ -116,6 +140,7 @@ def bench_sampler(spec: str, args, limit_flops, records, out):
         record["peer"]["median_s_by_threads"] = {
             n: timing.median(times[f"peer_{n}t"]) for n in peer_threads}
       record["ratio"] = timing.paired_ratio(times[f"peer_{best}t"], times["diffax"])
+      record["same_weights"] = same_weights
       if name == "ddim" and batch in SAMPLE_TARGETS:
         target = SAMPLE_TARGETS[batch]
         record.update(target=f">= {target}x", met=record["ratio"] >= target)

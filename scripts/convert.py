@@ -5,10 +5,16 @@ r"""Converts pretrained diffusion weights: a local diffusers directory in, or a 
 
   python scripts/convert.py --workdir=workdirs/digits --to_diffusers=exported/digits
 
+  python scripts/convert.py --from_diffusers=stable-diffusion-v1-5 --workdir=workdirs/sd15
+  python scripts/sample.py --workdir=workdirs/sd15 --prompt="a watercolor fox" \
+      --sampler=dpmpp_2m --num_steps=25 --num_samples=1
+
 --from_diffusers takes a model directory (config.json + diffusion_pytorch_model.safetensors and
 a scheduler config) or a pipeline directory (model_index.json, unet/, scheduler/), e.g. a clone
-of google/ddpm-cifar10-32. Nothing is downloaded. --to_diffusers writes a DDPMPipeline directory
-that `diffusers.DDPMPipeline.from_pretrained` loads.
+of google/ddpm-cifar10-32, or a Stable Diffusion 1.x / 2.x pipeline directory (unet/, vae/,
+text_encoder/, tokenizer/, scheduler/; safetensors weights). Nothing is downloaded.
+--to_diffusers writes a DDPMPipeline directory that `diffusers.DDPMPipeline.from_pretrained`
+loads.
 """
 
 import os
@@ -42,11 +48,16 @@ def main(argv):
                      "--to_diffusers=DIR (out of --workdir)")
   workdir = Workdir(_WORKDIR.value)
   if _FROM.value:
-    config = convert.from_diffusers(_FROM.value, workdir, common.base_config())
+    config = convert.from_diffusers(_FROM.value, workdir, common.base_config(),
+                                    common.autoencoder_config())
+    text = (f", text encoder {config.text.encoder} (--prompt=...)"
+            if config.model.context_dim else "")
+    latent = (f", latent space of {config.latent.autoencoder_workdir}"
+              if config.latent.autoencoder_workdir else "")
     print(f"wrote {workdir}: {config.model.base_channels}x{tuple(config.model.channel_mult)} "
           f"U-Net, {config.diffusion.schedule} schedule, T={config.diffusion.num_steps}, "
-          f"{config.diffusion.prediction} prediction; sample with scripts/sample.py "
-          f"--workdir={workdir}")
+          f"{config.diffusion.prediction} prediction{latent}{text}; sample with "
+          f"scripts/sample.py --workdir={workdir}")
   else:
     print(f"wrote {convert.to_diffusers(workdir, _TO.value, common.base_config())}")
 

@@ -126,6 +126,28 @@ def test_the_peer_is_the_network_users_train():
   assert peer.num_params(theirs) == count == 8_952_067
 
 
+def test_the_peer_samples_with_diffax_weights():
+  """run.py gives the peer diffax's weights (`peer.load_diffax_params`): one evaluation agrees,
+  so the sampler rows time the same function on both sides."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import peer  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import build  # pylint: disable=g-import-not-at-top
+  cfg = diffax_cases.config("half")
+  net = build.model(cfg)
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(net.init_fn, jax.random.key(0))
+  params = jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape).astype(np.float32), shapes)
+  theirs = peer.unet("half").eval()
+  peer.load_diffax_params(theirs, cfg, params)
+  x = rng.standard_normal((1, 32, 32, 3)).astype(np.float32)
+  with torch.inference_mode():
+    want = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2)).contiguous(),
+                  torch.tensor([250])).sample.numpy().transpose(0, 2, 3, 1)
+  got = np.asarray(jax.jit(net.apply_fn)(params, x, np.array([250])))
+  assert np.abs(want).max() > 0.1
+  assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
 def test_profile_ops_finds_the_ops_of_a_compiled_program_and_their_sources():
   from benchmarks import profile_ops  # pylint: disable=g-import-not-at-top
   f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum(0))

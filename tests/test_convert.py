@@ -125,7 +125,7 @@ def test_a_diffax_unet_goes_out_with_the_same_outputs():
     ("no_scheduler", "no scheduler config"),
     ("bin_weights", "convert it to safetensors"),
     ("learned_variance", "variance_type='learned_range'"),
-    ("conditional", "holds a UNet2DConditionModel"),
+    ("conditional", "a Stable Diffusion pipeline directory has unet/, vae/"),
 ])
 def test_bad_sources_fail_early_naming_the_problem(converted, tmp_path, breakage, expected):
   _, root, _ = converted

@@ -126,6 +126,23 @@ def from_directory(directory: str):
   return build(vocab, read_merges(paths[1]), special_tokens=_special_tokens(directory))
 
 
+def with_padding(path: str, directory: str):
+  """The fast tokenizer of a tokenizer.json file whose padding section names the pad token of
+  `directory`'s JSON files (CLIP's when they name none), as `build` does.
+
+  Raises:
+    ValueError: the pad token is not in the tokenizer's vocabulary.
+  """
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.Tokenizer.from_file(path)
+  pad = {**SPECIAL_TOKENS, **_special_tokens(directory)}["pad_token"]
+  pad_id = tokenizer.token_to_id(pad)
+  if pad_id is None:
+    raise ValueError(f"{path} has no pad token {pad!r}")
+  tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
+  return tokenizer
+
+
 def write_tokenizer_json(directory: str, path: Optional[str] = None) -> str:
   """Writes the tokenizer of `directory` (vocab.json + merges.txt) as a tokenizer.json file.
 
