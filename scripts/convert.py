@@ -1,7 +1,9 @@
 r"""Converts pretrained diffusion weights: a local diffusers directory in, or a diffax run out.
 
-  python scripts/convert.py --from_diffusers=ddpm-cifar10-32 --workdir=workdirs/ddpm_cifar10
+  python scripts/convert.py --from_diffusers=ddpm-cifar10-32 --workdir=workdirs/ddpm_cifar10 \
+      --dataset=cifar10
   python scripts/sample.py --workdir=workdirs/ddpm_cifar10 --sampler=dpmpp_2m --num_steps=20
+  python scripts/evaluate.py --workdir=workdirs/ddpm_cifar10 --inception_weights=pt_inception.pth
 
   python scripts/convert.py --workdir=workdirs/digits --to_diffusers=exported/digits
 
@@ -37,6 +39,9 @@ _FROM = flags.DEFINE_string("from_diffusers", None, "A local diffusers model or 
                             "directory to convert into --workdir.")
 _TO = flags.DEFINE_string("to_diffusers", None, "A directory to write --workdir's EMA params "
                           "to, as a diffusers DDPMPipeline.")
+_DATASET = flags.DEFINE_string("dataset", "", "--from_diffusers: the TFDS name of the data the "
+                               "model was trained on (e.g. cifar10), which scripts/evaluate.py "
+                               "compares its samples with.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -49,7 +54,7 @@ def main(argv):
   workdir = Workdir(_WORKDIR.value)
   if _FROM.value:
     config = convert.from_diffusers(_FROM.value, workdir, common.base_config(),
-                                    common.autoencoder_config())
+                                    common.autoencoder_config(), dataset=_DATASET.value)
     text = (f", text encoder {config.text.encoder} (--prompt=...)"
             if config.model.context_dim else "")
     latent = (f", latent space of {config.latent.autoencoder_workdir}"

@@ -56,7 +56,8 @@ def converted(tmp_path_factory):
                                       prediction_type="v_prediction", clip_sample=True)
   diffusers.DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "pipe")
   workdir = root / "run"
-  result = run_script("convert", f"--from_diffusers={root / 'pipe'}", f"--workdir={workdir}")
+  result = run_script("convert", f"--from_diffusers={root / 'pipe'}", f"--workdir={workdir}",
+                      "--dataset=digits")
   assert result.returncode == 0, result.stderr[-3000:]
   return unet, root, Workdir(workdir)
 
@@ -80,6 +81,17 @@ def test_sample_script_draws_from_a_converted_run(converted, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   samples = np.load(tmp_path / "s.npz")["samples"]
   assert samples.shape == (4, 8, 8, 1) and np.all(np.isfinite(samples))
+
+
+def test_evaluate_script_scores_a_converted_run(converted, classifier_run):
+  """--dataset names the data the model was trained on: evaluation compares with it."""
+  _, _, workdir = converted
+  result = run_script("evaluate", f"--workdir={workdir}", "--samplers=ddim:linspace",
+                      "--steps=3", "--num_samples=30", "--batch_size=30", "--ideal=false",
+                      f"--classifier_workdir={classifier_run}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "ddim" in result.stdout and os.path.exists(os.path.join(workdir.path, "eval",
+                                                                 "sweep.jsonl"))
 
 
 def test_weights_out_load_in_diffusers_and_come_back_exactly(converted, tmp_path):

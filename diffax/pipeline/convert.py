@@ -129,7 +129,8 @@ def _save_as_run(workdir: Workdir, config, params, init_fn=None) -> None:
     ckpt.save(0, state, force=True)
 
 
-def from_diffusers(source: str, workdir: Workdir, defaults, autoencoder_defaults=None):
+def from_diffusers(source: str, workdir: Workdir, defaults, autoencoder_defaults=None, *,
+                   dataset: str = ""):
   """Converts a local diffusers directory into a workdir: a UNet2DModel (model or pipeline
   directory), or a Stable Diffusion pipeline (`_from_stable_diffusion`).
 
@@ -139,6 +140,8 @@ def from_diffusers(source: str, workdir: Workdir, defaults, autoencoder_defaults
     defaults: the base config (configs/common.py's `base_config()`) to fill in.
     autoencoder_defaults: the autoencoder stage's (`autoencoder_config()`), for Stable
       Diffusion.
+    dataset: the TFDS name of the data the model was trained on (`config.data.dataset`,
+      which evaluation compares samples with); "" for none.
 
   Returns:
     The written config.
@@ -153,6 +156,7 @@ def from_diffusers(source: str, workdir: Workdir, defaults, autoencoder_defaults
   unet_config = _read_json(os.path.join(model_dir, "config.json"))
   kind = unet_config.get("_class_name", "UNet2DModel")
   if kind == diffusers_unet.CONDITION_MODEL:
+    defaults.data.dataset = dataset
     return _from_stable_diffusion(source, workdir, defaults, autoencoder_defaults,
                                   _read_json(scheduler_path))
   if kind != "UNet2DModel":
@@ -164,7 +168,7 @@ def from_diffusers(source: str, workdir: Workdir, defaults, autoencoder_defaults
   height, width, channels = arch.pop("sample_shape")
   if height != width:
     raise ValueError(f"sample_size {height}x{width}: diffax's image configs are square")
-  config.data.dataset = ""  # a converted model names no training data
+  config.data.dataset = dataset
   config.data.image_size, config.data.channels = height, channels
   for key, value in arch.items():
     config.model[key] = value
@@ -253,7 +257,6 @@ def _from_stable_diffusion(source: str, workdir: Workdir, defaults, autoencoder_
   _text_encoder_dir(source, text_dir)
 
   config = defaults
-  config.data.dataset = ""
   config.data.image_size, config.data.channels = image_size, channels
   for key, value in arch.items():
     config.model[key] = value

@@ -298,6 +298,10 @@ def _data_options(data_config) -> tf.data.Options:
 def _prepared_builder(config) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder of config.data.dataset with its data prepared, or raises."""
   name, data_dir = config.data.dataset, config.data.data_dir
+  if not name:
+    raise ValueError("config.data.dataset is empty (a converted checkpoint names no data): "
+                     "convert it with scripts/convert.py --dataset=NAME (e.g. cifar10), the "
+                     "data it was trained on, to evaluate or fine-tune it")
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
