@@ -15,8 +15,9 @@ r"""Converts pretrained diffusion weights: a local diffusers directory in, or a 
 a scheduler config) or a pipeline directory (model_index.json, unet/, scheduler/), e.g. a clone
 of google/ddpm-cifar10-32, or a Stable Diffusion 1.x / 2.x pipeline directory (unet/, vae/,
 text_encoder/, tokenizer/, scheduler/; safetensors weights). Nothing is downloaded.
---to_diffusers writes a DDPMPipeline directory that `diffusers.DDPMPipeline.from_pretrained`
-loads.
+--to_diffusers writes a DDPMPipeline directory (a pixel-space run) or a StableDiffusionPipeline
+directory (a latent run conditioned by a CLIP text encoder, as a converted Stable Diffusion is)
+that diffusers' `from_pretrained` loads.
 """
 
 import os
@@ -38,7 +39,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The diffax run: written (--from
 _FROM = flags.DEFINE_string("from_diffusers", None, "A local diffusers model or pipeline "
                             "directory to convert into --workdir.")
 _TO = flags.DEFINE_string("to_diffusers", None, "A directory to write --workdir's EMA params "
-                          "to, as a diffusers DDPMPipeline.")
+                          "to, as a diffusers DDPMPipeline or StableDiffusionPipeline.")
 _DATASET = flags.DEFINE_string("dataset", "", "--from_diffusers: the TFDS name of the data the "
                                "model was trained on (e.g. cifar10), which scripts/evaluate.py "
                                "compares its samples with.")

@@ -150,3 +150,25 @@ def test_bad_stable_diffusion_sources_are_named(stable_diffusion, tmp_path, brea
                       devices=1)
   assert result.returncode != 0
   assert expected in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
+def test_a_converted_run_goes_back_out_as_a_stable_diffusion_pipeline(stable_diffusion, tmp_path):
+  """diffusers -> diffax -> diffusers is exact: every weight, the tokenizer and the schedule."""
+  pipe, root = stable_diffusion
+  out = tmp_path / "exported"
+  result = run_script("convert", f"--workdir={root / 'run'}", f"--to_diffusers={out}", devices=1)
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = diffusers.StableDiffusionPipeline.from_pretrained(out)
+  for name in ("unet", "vae", "text_encoder"):
+    ours, theirs = getattr(again, name).state_dict(), getattr(pipe, name).state_dict()
+    assert ours.keys() == theirs.keys(), name
+    for key in theirs:  # SD 1's 1x1-conv projections come back as the same Linear matrices
+      np.testing.assert_array_equal(ours[key].numpy().reshape(theirs[key].shape),
+                                    theirs[key].numpy(), err_msg=key)
+  assert again.vae.config.scaling_factor == pipe.vae.config.scaling_factor
+  for prompt in PROMPTS + ("",):
+    assert (again.tokenizer(prompt, padding="max_length", max_length=16).input_ids
+            == pipe.tokenizer(prompt, padding="max_length", max_length=16).input_ids)
+  for key in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps",
+              "prediction_type", "clip_sample"):
+    assert again.scheduler.config[key] == pipe.scheduler.config[key], key

@@ -17,7 +17,7 @@ from diffax import schedules
 from diffax.pipeline import kinds
 
 # config.model keys that are not architecture keywords of models.create.
-_MODEL_KEYS = ("name", "dtype", "fast_layers")
+MODEL_KEYS = ("name", "dtype", "fast_layers")
 
 
 @contextlib.contextmanager
@@ -59,7 +59,7 @@ def model(config, *, dtype: Optional[str] = None,
       images (a latent diffusion model sees latents instead: `latent.latent_shape`).
   """
   m = config.model
-  arch = {k: v for k, v in m.items() if k not in _MODEL_KEYS}
+  arch = {k: v for k, v in m.items() if k not in MODEL_KEYS}
   with section("config.model"):
     net = models.create(m.name, sample_shape=sample_shape(config) if shape is None else shape,
                         dtype=m.dtype if dtype is None else dtype,
@@ -78,7 +78,7 @@ def autoencoder(config):
   if m.name != "autoencoder":
     raise ValueError(f"config.model.name={m.name!r}: config.task='autoencoder' trains the model "
                      f"'autoencoder'")
-  arch = {k: v for k, v in m.items() if k not in _MODEL_KEYS}
+  arch = {k: v for k, v in m.items() if k not in MODEL_KEYS}
   with section("config.model"):
     return models.create_autoencoder(sample_shape=sample_shape(config), dtype=m.dtype,
                                      fast_layers=m.get("fast_layers"), **arch)
