@@ -24,6 +24,7 @@ from diffax.pipeline import sample
 from diffax.pipeline.workdir import Workdir
 from diffax.sampling import loop
 from conftest import run_script
+from test_convert import randomized
 from test_interop_clip_text import random_clip
 from test_interop_clip_text import write_vocab
 
@@ -35,15 +36,6 @@ VAE = dict(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per
            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
            latent_channels=4, norm_num_groups=4, sample_size=16)
 PROMPTS = ("a photo of a cat", "hello world")
-
-
-def randomized(model, seed):
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
-              + 0.1 * torch.randn_like(p))
-  return model.eval()
 
 
 @pytest.fixture(scope="module")
