@@ -4,7 +4,8 @@ Same network as configs/cifar10_ddpm.py (full and `half` width): block_out_chann
 (c, 2c, 2c, 2c), two ResNet blocks per level, attention at 16x16 and in the middle block,
 GroupNorm 32, dropout 0.1, additive time embedding (the parameter counts match exactly). It
 is trained as diffusers' train_unconditional example does (DDPMScheduler.add_noise, MSE on the
-noise, Adam, gradient clipping at 1, EMAModel) and sampled with the schedulers' own loops.
+noise, Adam, gradient clipping at 1, EMAModel) and sampled with the schedulers' own loops; with
+`compiled=True` its forward is `torch.compile`d (inductor), the second peer a user would try.
 """
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 import diffusers
 from diffusers.training_utils import EMAModel
 
-SCHEDULERS = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
+SCHEDULERS = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler,
+              "dpmpp_2m": diffusers.DPMSolverMultistepScheduler}
 BASE = {"half": 64, "full": 128}
 
 
@@ -48,12 +50,13 @@ class Sampler:
   """A diffusers scheduler loop (as DDPMPipeline / DDIMPipeline run it) from noise to x0."""
 
   def __init__(self, width: str, sampler: str, batch: int, steps: int, *, seed: int = 0,
-               channels_last: bool = False):
+               channels_last: bool = False, compiled: bool = False):
     torch.manual_seed(seed)
     self.model = unet(width).eval()
     self.channels_last = channels_last
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
+    self.forward = torch.compile(self.model) if compiled else self.model
     self.scheduler = SCHEDULERS[sampler](**_schedule_kwargs())
     self.shape = (batch, 3, 32, 32)
     self.steps = steps
@@ -65,7 +68,7 @@ class Sampler:
     self.scheduler.set_timesteps(self.steps)
     x = _to(torch.randn(self.shape, generator=self.generator), self.channels_last)
     for t in self.scheduler.timesteps:
-      eps = self.model(x, t).sample
+      eps = self.forward(x, t).sample
       x = self.scheduler.step(eps, t, x, generator=self.generator).prev_sample
     return x
 
@@ -81,12 +84,14 @@ class Sampler:
 class TrainStep:
   """One train step: add_noise, forward, MSE on eps, backward, clip to 1, Adam, EMA."""
 
-  def __init__(self, width: str, batch: int, *, seed: int = 0, channels_last: bool = False):
+  def __init__(self, width: str, batch: int, *, seed: int = 0, channels_last: bool = False,
+               compiled: bool = False):
     torch.manual_seed(seed)
     self.model = unet(width).train()
     self.channels_last = channels_last
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
+    self.forward = torch.compile(self.model) if compiled else self.model
     self.num_params = num_params(self.model)
     self.scheduler = diffusers.DDPMScheduler(**_schedule_kwargs())
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=2e-4, foreach=True)
@@ -100,7 +105,7 @@ class TrainStep:
     noise = torch.randn_like(self.images)
     t = torch.randint(0, 1000, (self.batch,))
     x_t = self.scheduler.add_noise(self.images, noise, t)
-    loss = F.mse_loss(self.model(x_t, t).sample, noise)
+    loss = F.mse_loss(self.forward(x_t, t).sample, noise)
     self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

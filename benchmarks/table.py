@@ -2,8 +2,9 @@
 
 import math
 
-_COLUMNS = ("what", "config", "diffax", "peer (diffusers)", "diffax / peer", "target",
-            "diffax GFLOP/s (% of matmul)", "peer GFLOP/s (% of matmul)")
+_COLUMNS = ("what", "config", "diffax", "peer (diffusers)", "peer (torch.compile)",
+            "diffax / better peer", "target", "diffax GFLOP/s (% of matmul)",
+            "peer GFLOP/s (% of matmul)")
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -37,12 +38,12 @@ def row(record: dict) -> list[str]:
     what = f"compile {record['what']}"
     config = f"{record['width']}, batch {record['batch']}"
     return [what, config, f"cold {_fmt(record['cold_s'])} s, warm {_fmt(record['warm_s'])} s",
-            "-", "-", record.get("target", "-"), "-", "-"]
+            "-", "-", "-", record.get("target", "-"), "-", "-"]
   else:
     raise ValueError(f"no table row for bench {bench!r}")
-  ratio = record.get("ratio")
-  return [what, config, unit(diffax), unit(peer), f"{ratio:.2f}x" if ratio else "-",
-          record.get("target", "-"),
+  ratio = record.get("ratio_best", record.get("ratio"))  # older records: eager only
+  return [what, config, unit(diffax), unit(peer), unit(record.get("peer_compiled")),
+          f"{ratio:.2f}x" if ratio else "-", record.get("target", "-"),
           _rate(diffax.get("gflops"), diffax.get("frac_matmul")),
           _rate(peer.get("gflops"), peer.get("frac_matmul")) if peer else "-"]
 

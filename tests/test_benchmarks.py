@@ -86,7 +86,8 @@ def _records():
        "diffax": side, "peer": dict(side, images_per_s=1.0), "ratio": 2.0,
        "target": ">= 2.0x"},
       {"bench": "train", "width": "half", "batch": 32, "diffax": {"images_per_s": 9.0},
-       "peer": None},
+       "peer": {"images_per_s": 6.0}, "peer_compiled": {"images_per_s": 7.5}, "ratio": 1.5,
+       "ratio_compiled": 1.2, "ratio_best": 1.2},
       {"bench": "compile", "what": "train", "width": "half", "batch": 32, "cold_s": 20.0,
        "warm_s": 3.0, "target": "<= 30 s cold"},
   ]
@@ -99,6 +100,8 @@ def test_markdown_table_has_one_row_per_measurement():
   assert "| sample ddim-50 | half, batch 1 | 2 img/s, 50 ms/step |" in text
   assert "| 2.00x | >= 2.0x | 60 (50 %) |" in text
   assert "cold 20 s, warm 3 s" in text
+  # Two peers: the ratio shown is against the faster one (torch.compile here).
+  assert "| 9 img/s | 6 img/s | 7.5 img/s | 1.20x |" in text
   assert "limit used: 120 GFLOP/s" in text
 
 
