@@ -149,3 +149,26 @@ def test_the_accelerator_script_measures_training_and_sampling():
   assert sample["ms_per_step"] > 0 and sample["images_per_s"] > 0
   assert accelerator.peak_tflops("NVIDIA H200") == 989.0
   assert accelerator.peak_tflops("TPU v5 lite") == 197.0 and accelerator.peak_tflops("cpu") is None
+
+
+def test_the_memory_search_finds_the_largest_batch_that_fits():
+  """benchmarks/memory.py's search (affine guess, doubling, bisection) against brute force."""
+  from benchmarks import memory  # pylint: disable=g-import-not-at-top
+  for fixed, per_image, budget in ((10, 3, 100), (5, 7, 4), (0, 1, 1000), (1, 2.5, 53),
+                                   (50, 1, 40)):
+    bytes_at = lambda b, f=fixed, s=per_image: f + s * b + (b % 3 == 0)  # nearly affine
+    want = max([b for b in range(1, 2000) if bytes_at(b) <= budget], default=0)
+    assert memory.largest_batch(bytes_at, budget, probes=(8, 16)) == want, (fixed, budget)
+
+
+def test_the_memory_rows_of_a_train_step_and_of_a_sharded_state(monkeypatch):
+  from benchmarks import memory  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import parallel  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(parallel, "FSDP_MIN_SIZE", 1)  # the tiny model's leaves: shard them all
+  rows = [memory.state_row("smoke", fsdp, jax.devices()[:2]) for fsdp in (1, 2)]
+  assert rows[0]["state_bytes"] == rows[1]["state_bytes"] == rows[0]["per_device_max"]
+  assert rows[1]["fraction"] == pytest.approx(0.5, abs=0.01)  # FSDP over 2: half each
+  step = memory.step_bytes(memory.config("smoke", 2), 2)
+  assert step["total"] == step["argument"] + step["output"] - step["alias"] + step["temp"]
+  assert step["alias"] == rows[0]["state_bytes"]  # the donated state, counted once
+  assert step["temp"] > 0
