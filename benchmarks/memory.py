@@ -11,9 +11,9 @@ One JSON object per line: the machine (benchmarks/machine.py), then
   train step (`configs/cifar10_ddpm.py` through `diffax_cases.make_step` and
   `parallel.compile_train_step` on one device, the state donated) fits the budget in XLA's
   compiled memory analysis, bytes = arguments + outputs - aliased (the donated state counted
-  once) + temporaries. Found without running anything: the bytes of two probe batches give an
-  affine guess, then steps doubling away from the guess bracket the answer and bisection pins
-  it; every batch tried is in the record (`tried`).
+  once) + temporaries. Found without running anything, by a secant search on the batch
+  (`largest_batch`) from two probe batches; every batch compiled is in the record (`tried`),
+  the largest that fits and the next, which does not, among them.
 - `{"bench": "memory_state", ...}`, per (width, fsdp): the train state (params, EMA params, Adam
   moments) created on N fake CPU devices (`--devices`, set before JAX starts) with
   `parallel.create_sharded_state`, and the bytes of the shards each device holds.
@@ -80,28 +80,28 @@ def step_bytes(cfg, batch: int) -> dict:
                     + m.temp_size_in_bytes)}
 
 
-def largest_batch(bytes_at, budget: int, probes=(8, 16)) -> int:
-  """The largest batch b >= 1 with `bytes_at(b) <= budget` (0 if none), assuming the bytes grow
-  with the batch. An affine guess from the two probes, doubling steps from it to bracket the
-  answer, then bisection."""
-  (b0, b1), (m0, m1) = probes, (bytes_at(probes[0]), bytes_at(probes[1]))
-  per_image = max((m1 - m0) / (b1 - b0), 1.0)
-  guess = max(1, int(b0 + (budget - m0) // per_image))
-  fits = lambda b: bytes_at(b) <= budget
-  if fits(guess):  # step up until a batch does not fit
-    lo, step = guess, 1
-    while fits(lo + step):
-      lo, step = lo + step, 2 * step
-    hi = lo + step
-  else:  # step down until one fits, or below 1
-    hi, step = guess, 1
-    while hi - step >= 1 and not fits(hi - step):
-      hi, step = hi - step, 2 * step
-    lo = max(hi - step, 0)
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return lo
+def largest_batch(bytes_at, budget: int, probes=(8, 16), limit: int = 2**20) -> int:
+  """The largest batch b >= 1 with `bytes_at(b) <= budget` (0 if none), for bytes that grow
+  with the batch (nearly affinely, as a compiled step's do).
+
+  A secant search: an affine guess through the two measured batches whose bytes are nearest
+  the budget, kept strictly between the largest batch known to fit and the smallest known not
+  to, until those two are neighbours. Nearly affine bytes take about two compiles per budget
+  after the probes (the guess, then its successor).
+  """
+  known = {}
+  for b in probes:
+    known[b] = bytes_at(b)
+  while True:
+    lo = max((b for b in known if known[b] <= budget), default=0)
+    hi = min((b for b in known if known[b] > budget), default=limit + 1)
+    if hi - lo <= 1 or lo >= limit:
+      return lo
+    a, b = sorted(sorted(known, key=lambda k: abs(known[k] - budget))[:2])
+    slope = (known[b] - known[a]) / (b - a)
+    guess = a + (budget - known[a]) // slope if slope > 0 else 2 * max(lo, 1)
+    guess = min(max(int(guess), lo + 1), hi - 1)
+    known[guess] = bytes_at(guess)
 
 
 def batch_rows(width: str, budgets_gib, remat: str, probes) -> list:

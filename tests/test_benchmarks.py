@@ -152,13 +152,18 @@ def test_the_accelerator_script_measures_training_and_sampling():
 
 
 def test_the_memory_search_finds_the_largest_batch_that_fits():
-  """benchmarks/memory.py's search (affine guess, doubling, bisection) against brute force."""
+  """benchmarks/memory.py's secant search against brute force, and that it compiles little."""
   from benchmarks import memory  # pylint: disable=g-import-not-at-top
   for fixed, per_image, budget in ((10, 3, 100), (5, 7, 4), (0, 1, 1000), (1, 2.5, 53),
-                                   (50, 1, 40)):
-    bytes_at = lambda b, f=fixed, s=per_image: f + s * b + (b % 3 == 0)  # nearly affine
+                                   (50, 1, 40), (400, 33 - 0.004, 8000)):
+    # increasing, nearly affine, the slope falling with the batch (as a compiled step's does)
+    bytes_at = lambda b, f=fixed, s=per_image: (
+        f + s * b * (1 - b / 10_000) + 0.01 * s * (b % 3 == 0))
     want = max([b for b in range(1, 2000) if bytes_at(b) <= budget], default=0)
-    assert memory.largest_batch(bytes_at, budget, probes=(8, 16)) == want, (fixed, budget)
+    calls = []
+    counted = lambda b, f=bytes_at: calls.append(b) or f(b)
+    assert memory.largest_batch(counted, budget, probes=(8, 16)) == want, (fixed, budget)
+    assert len(calls) == len(set(calls)) <= 8, calls  # bisection from 1 would take ~20
 
 
 def test_the_memory_rows_of_a_train_step_and_of_a_sharded_state(monkeypatch):
