@@ -156,9 +156,10 @@ def test_the_unet_gives_the_same_output_with_every_cpu_attention_impl():
   np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * float(np.abs(ours).max()))
 
 
-def test_cudnn_attention_off_a_gpu_is_refused_with_the_alternatives():
-  if jax.default_backend() == "gpu":
-    pytest.skip("a GPU runs cuDNN's attention")
-  with pytest.raises(ValueError, match=r"attention_impl='cudnn' .* GPU only; .* 'xla'"):
-    models.create("unet", sample_shape=(8, 8, 1), base_channels=16, num_groups=8,
-                  attention_impl="cudnn")
+def test_cudnn_attention_in_float32_or_off_a_gpu_is_refused_with_the_alternatives():
+  arch = dict(sample_shape=(8, 8, 1), base_channels=16, num_groups=8, attention_impl="cudnn")
+  with pytest.raises(ValueError, match=r"'cudnn' computes in bfloat16 or float16, not float32"):
+    models.create("unet", **arch)
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ValueError, match=r"attention_impl='cudnn' .* GPU only; .* 'xla'"):
+      models.create("unet", dtype="bfloat16", **arch)

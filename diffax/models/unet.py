@@ -95,17 +95,21 @@ REMAT_POLICIES = {
 ATTENTION_IMPLS = {"diffax": None, "xla": "xla", "cudnn": "cudnn"}
 
 
-def check_compute(remat: str, attention_impl: str) -> None:
+def check_compute(remat: str, attention_impl: str, dtype) -> None:
   """Checks the keywords of how the U-Net computes (module docstring).
 
   Raises:
-    ValueError: naming the keyword and its choices; "cudnn" attention off a GPU backend.
+    ValueError: naming the keyword and its choices; "cudnn" attention in float32 (cuDNN's
+      fused attention takes bfloat16 / float16) or off a GPU backend.
   """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat={remat!r} is unknown; choose one of {list(REMAT_POLICIES)}")
   if attention_impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={attention_impl!r} is unknown; choose one of "
                      f"{list(ATTENTION_IMPLS)}")
+  if attention_impl == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention_impl='cudnn' computes in bfloat16 or float16, not "
+                     f"{jnp.dtype(dtype).name}: set dtype='bfloat16' or attention_impl='xla'")
   if attention_impl == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(f"attention_impl='cudnn' is cuDNN's fused attention, GPU only; this "
                      f"backend is {jax.default_backend()}: choose 'xla' or 'diffax'")
@@ -207,7 +211,7 @@ class UNet(nn.Module):
     ndim = x.ndim - 2
     axes = resampled_axes(ndim)
     cond = cond or {}
-    check_compute(self.remat, self.attention_impl)
+    check_compute(self.remat, self.attention_impl, self.dtype)
     impl = ATTENTION_IMPLS[self.attention_impl]
     policy = REMAT_POLICIES[self.remat]
     # Calls a block, checkpointed per `remat`. (`emb`: the time embedding, computed below.)
@@ -486,7 +490,7 @@ def build(sample_shape, dtype, fast, *, base_channels=64, channel_mult=(1, 2), n
                    cross_attention_resolutions=tuple(cross_attention_resolutions),
                    transformer_depth=transformer_depth, low_res_size=low_res_size,
                    embedding_dim=embedding_dim, embedding_tokens=embedding_tokens)
-  check_compute(remat, attention_impl)
+  check_compute(remat, attention_impl, dtype)
   module = UNet(
       base_channels=int(base_channels),
       channel_mult=tuple(int(k) for k in channel_mult),
