@@ -247,6 +247,38 @@ def attention(reps):
       times = timing.interleave(fns, reps=reps)
       out.append(_report("attention", f"{mode} {what}: q {[b, n, c]}, {heads} heads", times,
                          {"diffax": 1, "xla": 1}))
+  return out + _attention_text_unet(reps)
+
+
+def _attention_text_unet(reps, tokens=16):
+  """The two attention_impls in the text U-Net of configs/mnist_text.py (cross-attention at
+  14x14 and 7x7, 4 heads): a forward pass at its sampling batch, a gradient at batch 16."""
+  import numpy as np
+  from configs import mnist_text
+  from diffax.pipeline import build
+  cfg = mnist_text.get_config()
+  nets = {}
+  for impl in ("diffax", "xla"):
+    cfg.model.attention_impl = impl
+    nets[impl] = build.model(cfg)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.05, s.shape), jnp.float32),
+                        jax.eval_shape(nets["diffax"].init_fn, jax.random.key(0)))
+  out = []
+  for mode, batch in (("forward", cfg.sample.batch_size), ("forward+backward", 16)):
+    x = jnp.asarray(rng.normal(size=(batch, *nets["diffax"].sample_shape)), jnp.float32)
+    t = jnp.arange(batch, dtype=jnp.int32) * 37 % 1000
+    cond = {"context": jnp.asarray(rng.normal(size=(batch, tokens, cfg.model.context_dim)),
+                                   jnp.float32),
+            "context_mask": jnp.arange(tokens)[None].repeat(batch, 0) < tokens // 2}
+    fns = {}
+    for impl, net in nets.items():
+      f = lambda p, net=net: net.apply_fn(p, x, t, cond)
+      g = jax.jit(f if mode == "forward" else jax.grad(lambda p, f=f: jnp.mean(f(p) ** 2)))
+      fns[impl] = lambda g=g: jax.block_until_ready(g(params))
+    times = timing.interleave(fns, reps=reps)
+    out.append(_report("attention", f"{mode} U-Net of configs/mnist_text.py, batch {batch}",
+                       times, {"diffax": batch, "xla": batch}))
   return out
 
 
