@@ -85,8 +85,9 @@ def base_config():
   c.model.remat = "none"        # activation checkpointing per block, for a larger batch in the
                                 # same memory: "none" | "blocks" (keep only each block's inputs;
                                 # least memory) | "dots" (also its matmul/conv outputs)
-  c.model.attention_impl = "diffax"  # "diffax" | "xla" (jax.nn.dot_product_attention) |
-                                     # "cudnn" (its fused kernel; GPU, bfloat16/float16 only)
+  c.model.attention_impl = "xla"  # jax.nn.dot_product_attention's implementation: "xla" |
+                                  # "cudnn" (fused; GPU, bfloat16/float16) | "diffax" (its own
+                                  # einsums for cross-attention, the former path)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "cosine"   # "linear" | "cosine" | "scaled_linear"

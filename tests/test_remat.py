@@ -94,7 +94,7 @@ def test_bad_compute_keywords_are_named(arch, match):
 
 def test_the_config_keys_reach_the_unet():
   config = cifar10_ddpm.get_config("smoke")
-  assert (config.model.remat, config.model.attention_impl) == ("none", "diffax")
+  assert (config.model.remat, config.model.attention_impl) == ("none", "xla")
   for key, value in (("remat", "everything"), ("attention_impl", "flash")):
     bad = cifar10_ddpm.get_config("smoke")
     bad.model[key] = value
