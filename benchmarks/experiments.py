@@ -5,7 +5,7 @@ JSON line with both medians and their ratio. XLA flag experiments need a process
 see flags_ab.py.
 
   python benchmarks/experiments.py ynn scan_steps bf16 baked_params peer_layout group_norm \
-      conv_forms
+      conv_forms remat attention
 """
 
 import argparse
@@ -205,8 +205,86 @@ def conv_forms(reps):
   return out
 
 
+def remat(reps, batch=16):
+  """The train step's time with `config.model.remat` "blocks" and "dots" against "none" (the
+  price of the memory benchmarks/memory.py measures), half width."""
+  steps = {}
+  for policy in ("none", "blocks", "dots"):
+    cfg = diffax_cases.config("half", batch)
+    cfg.model.remat = policy
+    steps[policy] = diffax_cases.TrainStep(cfg)
+  times = timing.interleave(steps, reps=reps)
+  return [_report("remat", f"train half batch {batch}", {k: times[k] for k in ("none", other)},
+                  {"none": batch, other: batch},
+                  note=f"compile {steps['none'].compile_s:.1f} s vs "
+                       f"{steps[other].compile_s:.1f} s")
+          for other in ("blocks", "dots")]
+
+
+def attention(reps):
+  """`attention_impl`: diffax's einsums vs `jax.nn.dot_product_attention(implementation="xla")`
+  in `attention.multi_head_attention`, forward (sampling) and forward + backward (training),
+  at the shapes of a 16x16 (and a 32x32) level's cross- and self-attention."""
+  from diffax.models import attention as attention_lib
+  out = []
+  rng = jax.random.split(jax.random.key(0), 3)
+  cases = (  # (what, batch, queries, keys, channels, heads, key mask)
+      ("cross 16x16 <- 16 tokens", 32, 256, 16, 128, 4, True),
+      ("self 16x16", 32, 256, 256, 128, 4, False),
+      ("self 32x32", 8, 1024, 1024, 64, 1, False))
+  for what, b, n, m, c, heads, masked in cases:
+    q = jax.random.normal(rng[0], (b, n, c))
+    k, v = jax.random.normal(rng[1], (2, b, m, c))
+    mask = (jnp.arange(m) < m // 2)[None].repeat(b, 0) if masked else None
+    for mode in ("forward", "forward+backward"):
+      fns = {}
+      for name, impl in (("diffax", None), ("xla", "xla")):
+        f = lambda q, k, v, impl=impl: attention_lib.multi_head_attention(
+            q, k, v, heads, mask, implementation=impl)
+        g = jax.jit(f if mode == "forward" else jax.grad(
+            lambda q, k, v, f=f: jnp.sum(f(q, k, v) ** 2), (0, 1, 2)))
+        fns[name] = lambda g=g: jax.block_until_ready(g(q, k, v))
+      times = timing.interleave(fns, reps=reps)
+      out.append(_report("attention", f"{mode} {what}: q {[b, n, c]}, {heads} heads", times,
+                         {"diffax": 1, "xla": 1}))
+  return out + _attention_text_unet(reps)
+
+
+def _attention_text_unet(reps, tokens=16):
+  """The two attention_impls in the text U-Net of configs/mnist_text.py (cross-attention at
+  14x14 and 7x7, 4 heads): a forward pass at its sampling batch, a gradient at batch 16."""
+  import numpy as np
+  from configs import mnist_text
+  from diffax.pipeline import build
+  cfg = mnist_text.get_config()
+  nets = {}
+  for impl in ("diffax", "xla"):
+    cfg.model.attention_impl = impl
+    nets[impl] = build.model(cfg)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.05, s.shape), jnp.float32),
+                        jax.eval_shape(nets["diffax"].init_fn, jax.random.key(0)))
+  out = []
+  for mode, batch in (("forward", cfg.sample.batch_size), ("forward+backward", 16)):
+    x = jnp.asarray(rng.normal(size=(batch, *nets["diffax"].sample_shape)), jnp.float32)
+    t = jnp.arange(batch, dtype=jnp.int32) * 37 % 1000
+    cond = {"context": jnp.asarray(rng.normal(size=(batch, tokens, cfg.model.context_dim)),
+                                   jnp.float32),
+            "context_mask": jnp.arange(tokens)[None].repeat(batch, 0) < tokens // 2}
+    fns = {}
+    for impl, net in nets.items():
+      f = lambda p, net=net: net.apply_fn(p, x, t, cond)
+      g = jax.jit(f if mode == "forward" else jax.grad(lambda p, f=f: jnp.mean(f(p) ** 2)))
+      fns[impl] = lambda g=g: jax.block_until_ready(g(params))
+    times = timing.interleave(fns, reps=reps)
+    out.append(_report("attention", f"{mode} U-Net of configs/mnist_text.py, batch {batch}",
+                       times, {"diffax": batch, "xla": batch}))
+  return out
+
+
 EXPERIMENTS = {"ynn": ynn, "scan_steps": scan_steps, "bf16": bf16, "baked_params": baked_params,
-               "peer_layout": peer_layout, "group_norm": group_norm, "conv_forms": conv_forms}
+               "peer_layout": peer_layout, "group_norm": group_norm, "conv_forms": conv_forms,
+               "remat": remat, "attention": attention}
 
 
 def main():

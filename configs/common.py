@@ -85,6 +85,13 @@ def base_config():
                                 # state and the loss stay float32 either way)
   # Layers with hand-written gradients (fast on XLA:CPU); None: on for CPU, off elsewhere.
   c.model.fast_layers = ml_collections.config_dict.placeholder(bool)
+  # How the U-Net computes (same parameters, same function; diffax/models/unet.py):
+  c.model.remat = "none"        # activation checkpointing per block, for a larger batch in the
+                                # same memory: "none" | "blocks" (keep only each block's inputs;
+                                # least memory) | "dots" (also its matmul/conv outputs)
+  c.model.attention_impl = "xla"  # jax.nn.dot_product_attention's implementation: "xla" |
+                                  # "cudnn" (fused; GPU, bfloat16/float16) | "diffax" (its own
+                                  # einsums for cross-attention, the former path)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "cosine"   # "linear" | "cosine" | "scaled_linear"

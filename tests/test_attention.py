@@ -114,3 +114,52 @@ def test_bad_conditioning_keywords_are_named(arch, expected):
   base = dict(sample_shape=(8, 8, 1), base_channels=16, channel_mult=(1, 2), num_groups=8)
   with pytest.raises(ValueError, match=expected):
     models.create("unet", **base, **arch)
+
+
+# -------------------------------------------------------------------------------------------
+# `attention_impl`: jax.nn.dot_product_attention (its "xla" implementation on CPU) computes the
+# same function as diffax's einsums, the row without keys included.
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_dot_product_attention_equals_the_einsums_in_value_and_gradient(masked):
+  rng = np.random.default_rng(3)
+  q = rng.normal(size=(3, 5, 8)).astype(np.float32)
+  k, v = rng.normal(size=(2, 3, 6, 8)).astype(np.float32)
+  mask = np.array([[1, 1, 0, 0, 1, 0], [1] * 6, [0] * 6], bool) if masked else None
+  attend = lambda impl: lambda q, k, v: attention.multi_head_attention(
+      q, k, v, 2, mask, implementation=impl)
+  ours, theirs = attend(None)(q, k, v), attend("xla")(q, k, v)
+  np.testing.assert_allclose(theirs, ours, rtol=1e-6, atol=1e-6)
+  if masked:  # nothing to attend to: zero, not the mean of the values
+    np.testing.assert_array_equal(theirs[2], 0.0)
+    assert float(np.abs(ours[:2]).min()) > 0
+  cotangent = rng.normal(size=ours.shape).astype(np.float32)
+  grads = lambda impl: jax.vjp(attend(impl), q, k, v)[1](cotangent)
+  for name, a, b in zip("qkv", grads("xla"), grads(None)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_unet_gives_the_same_output_with_every_cpu_attention_impl():
+  arch = dict(sample_shape=(8, 8, 1), base_channels=8, channel_mult=(1,), num_res_blocks=1,
+              attention_resolutions=(8,), num_groups=4, num_heads=2, context_dim=CONTEXT_DIM)
+  nets = [models.create("unet", attention_impl=impl, **arch) for impl in ("diffax", "xla")]
+  rng = np.random.default_rng(4)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32),
+                        jax.eval_shape(nets[0].init_fn, jax.random.key(0)))
+  x = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
+  cond = {"context": rng.normal(size=(2, 3, CONTEXT_DIM)).astype(np.float32),
+          "context_mask": np.array([[1, 0, 1], [0, 0, 0]], bool)}
+  ours, theirs = jax.jit(lambda p: [n.apply_fn(p, x, jnp.array([5, 700]), cond)
+                                    for n in nets])(params)
+  assert float(np.abs(ours).max()) > 1e-2
+  np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * float(np.abs(ours).max()))
+
+
+def test_cudnn_attention_in_float32_or_off_a_gpu_is_refused_with_the_alternatives():
+  arch = dict(sample_shape=(8, 8, 1), base_channels=16, num_groups=8, attention_impl="cudnn")
+  with pytest.raises(ValueError, match=r"'cudnn' computes in bfloat16 or float16, not float32"):
+    models.create("unet", **arch)
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ValueError, match=r"attention_impl='cudnn' .* GPU only; .* 'xla'"):
+      models.create("unet", dtype="bfloat16", **arch)

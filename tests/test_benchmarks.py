@@ -120,8 +120,8 @@ def test_the_peer_is_the_network_users_train():
   conditions = {"context_dim": 0, "cross_attention_resolutions": (), "transformer_depth": 1,
                 "low_res_size": 0}
   assert {k: cfg.model[k] for k in conditions} == conditions
-  ours = {k: v for k, v in cfg.model.items()
-          if k not in ("name", "dtype", "fast_layers", *conditions)}
+  how = ("name", "dtype", "fast_layers", "remat", "attention_impl")  # not the architecture
+  ours = {k: v for k, v in cfg.model.items() if k not in (*how, *conditions)}
   assert arch.pop("sample_shape") == build.sample_shape(cfg)
   assert {k: arch[k] for k in ours} == {k: (tuple(v) if isinstance(v, tuple) else v)
                                         for k, v in ours.items()}
@@ -174,3 +174,31 @@ def test_the_accelerator_script_measures_training_and_sampling():
   assert sample["ms_per_step"] > 0 and sample["images_per_s"] > 0
   assert accelerator.peak_tflops("NVIDIA H200") == 989.0
   assert accelerator.peak_tflops("TPU v5 lite") == 197.0 and accelerator.peak_tflops("cpu") is None
+
+
+def test_the_memory_search_finds_the_largest_batch_that_fits():
+  """benchmarks/memory.py's secant search against brute force, and that it compiles little."""
+  from benchmarks import memory  # pylint: disable=g-import-not-at-top
+  for fixed, per_image, budget in ((10, 3, 100), (5, 7, 4), (0, 1, 1000), (1, 2.5, 53),
+                                   (50, 1, 40), (400, 33 - 0.004, 8000)):
+    # increasing, nearly affine, the slope falling with the batch (as a compiled step's does)
+    bytes_at = lambda b, f=fixed, s=per_image: (
+        f + s * b * (1 - b / 10_000) + 0.01 * s * (b % 3 == 0))
+    want = max([b for b in range(1, 2000) if bytes_at(b) <= budget], default=0)
+    calls = []
+    counted = lambda b, f=bytes_at: calls.append(b) or f(b)
+    assert memory.largest_batch(counted, budget, probes=(8, 16)) == want, (fixed, budget)
+    assert len(calls) == len(set(calls)) <= 8, calls  # bisection from 1 would take ~20
+
+
+def test_the_memory_rows_of_a_train_step_and_of_a_sharded_state(monkeypatch):
+  from benchmarks import memory  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import parallel  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(parallel, "FSDP_MIN_SIZE", 1)  # the tiny model's leaves: shard them all
+  rows = [memory.state_row("smoke", fsdp, jax.devices()[:2]) for fsdp in (1, 2)]
+  assert rows[0]["state_bytes"] == rows[1]["state_bytes"] == rows[0]["per_device_max"]
+  assert rows[1]["fraction"] == pytest.approx(0.5, abs=0.01)  # FSDP over 2: half each
+  step = memory.step_bytes(memory.config("smoke", 2), 2)
+  assert step["total"] == step["argument"] + step["output"] - step["alias"] + step["temp"]
+  assert step["alias"] == rows[0]["state_bytes"]  # the donated state, counted once
+  assert step["temp"] > 0

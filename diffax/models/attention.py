@@ -52,7 +52,8 @@ class Linear(nn.Module):
                                (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def multi_head_attention(q, k, v, num_heads: int, mask: Optional[jax.Array] = None):
+def multi_head_attention(q, k, v, num_heads: int, mask: Optional[jax.Array] = None, *,
+                         implementation: Optional[str] = None):
   """softmax(q k^T / sqrt(d)) v over `num_heads` heads, logits and softmax in float32.
 
   Args:
@@ -61,6 +62,9 @@ def multi_head_attention(q, k, v, num_heads: int, mask: Optional[jax.Array] = No
     num_heads: heads; divides C.
     mask: None, or `bool[B, M]`: the keys each query may attend to. A row of all False gives
       a zero output (nothing to attend to).
+    implementation: None: the einsums below; "xla" or "cudnn": `jax.nn.dot_product_attention`
+      with that implementation (cuDNN's fused kernel: a GPU, float16 / bfloat16). The same
+      function either way, the all-False row included.
 
   Returns:
     `[B, N, C]`.
@@ -71,13 +75,20 @@ def multi_head_attention(q, k, v, num_heads: int, mask: Optional[jax.Array] = No
   q = q.reshape(b, n, num_heads, head)
   k = k.reshape(b, m, num_heads, head)
   v = v.reshape(b, m, num_heads, head)
+  has_keys = None if mask is None else jnp.any(mask, axis=-1)[:, None, None, None]  # [B,1,1,1]
+  if implementation is not None:
+    key_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, M]
+    out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation=implementation)
+    # dot_product_attention spreads a row without keys evenly over the values: zero it.
+    out = out if mask is None else out * has_keys.astype(out.dtype)
+    return out.reshape(b, n, c)
   logits = jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=jnp.float32)
   logits = logits / math.sqrt(head)
   if mask is not None:
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)
   if mask is not None:
-    weights = weights * jnp.any(mask, axis=-1)[:, None, None, None]
+    weights = weights * has_keys
   out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v)
   return out.reshape(b, n, c)
 
@@ -89,10 +100,12 @@ class Attention(nn.Module):
     num_heads: heads.
     dtype: compute dtype.
     fast: the layers' hand-written gradients (`layers`).
+    implementation: of `multi_head_attention`: None (its einsums), "xla" or "cudnn".
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   fast: bool = True
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, h, context=None, mask=None):
@@ -101,7 +114,7 @@ class Attention(nn.Module):
     context = h if context is None else context.astype(self.dtype)
     proj = lambda name, bias=False: Linear(c, bias, dtype=self.dtype, fast=self.fast, name=name)
     out = multi_head_attention(proj("to_q")(h), proj("to_k")(context), proj("to_v")(context),
-                               self.num_heads, mask)
+                               self.num_heads, mask, implementation=self.implementation)
     return proj("to_out", True)(out)
 
 
@@ -125,11 +138,13 @@ class TransformerBlock(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   fast: bool = True
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, h, context, mask):
     norm = lambda name: nn.LayerNorm(1e-5, dtype=self.dtype, name=name)
-    attn = lambda name: Attention(self.num_heads, self.dtype, self.fast, name=name)
+    attn = lambda name: Attention(self.num_heads, self.dtype, self.fast, self.implementation,
+                                  name=name)
     h = h + attn("attn1")(norm("norm1")(h))
     h = h + attn("attn2")(norm("norm2")(h), context, mask)
     return h + FeedForward(dtype=self.dtype, fast=self.fast, name="ff")(norm("norm3")(h))
@@ -144,12 +159,14 @@ class SpatialTransformer(nn.Module):
     depth: transformer blocks (SD's transformer_layers_per_block).
     dtype: compute dtype.
     fast: the layers' hand-written gradients (`layers`).
+    implementation: of `multi_head_attention`: None (its einsums), "xla" or "cudnn".
   """
   num_heads: int
   num_groups: int
   depth: int = 1
   dtype: Dtype = jnp.float32
   fast: bool = True
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, context, mask):
@@ -158,7 +175,7 @@ class SpatialTransformer(nn.Module):
     h = layers.GroupNorm(self.num_groups, dtype=self.dtype, fast=self.fast, name="norm")(x)
     h = Linear(c, dtype=self.dtype, fast=self.fast, name="proj_in")(h.reshape(b, -1, c))
     for i in range(self.depth):
-      h = TransformerBlock(self.num_heads, self.dtype, self.fast,
+      h = TransformerBlock(self.num_heads, self.dtype, self.fast, self.implementation,
                            name=f"transformer_blocks_{i}")(h, context, mask)
     h = Linear(c, zero=True, dtype=self.dtype, fast=self.fast, name="proj_out")(h)
     return x + h.reshape(x.shape).astype(x.dtype)

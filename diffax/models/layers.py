@@ -281,6 +281,8 @@ class AttentionBlock(nn.Module):
     axes: the spatial axes attended over, counted from 1 (x's axis numbers); None: all of them
       (the H*W positions of an image, the L of a 1-D signal).
     epsilon: the GroupNorm's epsilon.
+    implementation: `jax.nn.dot_product_attention`'s: None (JAX's default, XLA's today),
+      "xla", or "cudnn" (cuDNN's fused attention: a GPU, float16 / bfloat16 compute).
   """
   num_heads: int
   num_groups: int
@@ -288,6 +290,7 @@ class AttentionBlock(nn.Module):
   fast: bool = True
   axes: Optional[Sequence[int]] = None
   epsilon: float = 1e-6
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
@@ -306,7 +309,8 @@ class AttentionBlock(nn.Module):
     length = math.prod(x.shape[a] for a in axes)
     qkv = qkv.reshape(-1, length, 3, self.num_heads, c // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B', L, heads, C / heads]
-    h = jax.nn.dot_product_attention(q, k, v).reshape(*moved[:-1], c)
+    h = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    h = h.reshape(*moved[:-1], c)
     h = h.transpose(tuple(int(i) for i in np.argsort(order)))  # back to x's layout
     h = Dense(c, dtype=self.dtype, kernel_init=zeros_init, fast=self.fast, name="proj_out")(h)
     return x + h
@@ -325,13 +329,14 @@ class SpaceTimeAttention(nn.Module):
   dtype: Dtype = jnp.float32
   fast: bool = True
   epsilon: float = 1e-6
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
     """x `[B, T, H, W, C]` -> `[B, T, H, W, C]`."""
     block = lambda axes, name: AttentionBlock(self.num_heads, self.num_groups, self.dtype,
                                               self.fast, axes=axes, epsilon=self.epsilon,
-                                              name=name)
+                                              implementation=self.implementation, name=name)
     return block((1,), "time")(block((2, 3), "space")(x))
 
 
