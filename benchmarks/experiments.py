@@ -205,6 +205,38 @@ def conv_forms(reps):
   return out
 
 
+def conv_peer(reps):
+  """A 3x3 convolution, forward and both gradients, as XLA compiles it for diffax vs as PyTorch
+  runs it for the peer (oneDNN), interleaved, at the half-width train step's shapes (batch
+  32): what bounds the train step on the machine at hand."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  out = []
+  for shape, cout in (((32, 32, 32, 64), 64), ((32, 16, 16, 128), 128),
+                      ((32, 8, 8, 128), 128)):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = 0.05 * jax.random.normal(jax.random.key(1), (3, 3, shape[-1], cout))
+    grad = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2), (0, 1)))
+    n, h, wd, c = shape
+    xt = torch.randn(n, c, h, wd, requires_grad=True)
+    layer = torch.nn.Conv2d(c, cout, 3, padding=1, bias=False)
+
+    def torch_call(xt=xt, layer=layer):
+      xt.grad = None
+      layer.zero_grad(set_to_none=True)
+      (layer(xt) ** 2).sum().backward()
+
+    times = timing.interleave({"xla": lambda g=grad, x=x, w=w: jax.block_until_ready(g(x, w)),
+                               "torch": torch_call}, reps=reps)
+    flops = 3 * 2 * 9 * math.prod(shape) * cout
+    out.append(_report("conv_peer", f"3x3 conv fwd+bwd {list(shape)} -> {cout}", times,
+                       {"xla": 1, "torch": 1},
+                       note=f"{flops / 1e9:.2f} GFLOP per call (forward + 2 gradients)"))
+  return out
+
+
 def remat(reps, batch=16):
   """The train step's time with `config.model.remat` "blocks" and "dots" against "none" (the
   price of the memory benchmarks/memory.py measures), half width."""
@@ -283,8 +315,8 @@ def _attention_text_unet(reps, tokens=16):
 
 
 EXPERIMENTS = {"ynn": ynn, "scan_steps": scan_steps, "bf16": bf16, "baked_params": baked_params,
-               "peer_layout": peer_layout, "group_norm": group_norm, "conv_forms": conv_forms,
-               "remat": remat, "attention": attention}
+               "peer_layout": peer_layout, "conv_peer": conv_peer, "group_norm": group_norm,
+               "conv_forms": conv_forms, "remat": remat, "attention": attention}
 
 
 def main():

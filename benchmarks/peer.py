@@ -57,7 +57,10 @@ class Sampler:
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
     self.forward = torch.compile(self.model) if compiled else self.model
-    self.scheduler = SCHEDULERS[sampler](**_schedule_kwargs())
+    kwargs = _schedule_kwargs()
+    if sampler == "dpmpp_2m":  # DPM-Solver++ has no clip_sample (its x0 clipping is free anyway)
+      del kwargs["clip_sample"]
+    self.scheduler = SCHEDULERS[sampler](**kwargs)
     self.shape = (batch, 3, 32, 32)
     self.steps = steps
     self.num_params = num_params(self.model)
