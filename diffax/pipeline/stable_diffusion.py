@@ -107,6 +107,9 @@ def from_pipeline(source: str, workdir: Workdir, defaults, autoencoder_defaults,
   config.data.image_size, config.data.channels = image_size, channels
   for key, value in arch.items():
     config.model[key] = value
+  # The network's shapes, taken before attend_padding is set: with it, building the model
+  # reads the text encoder (its null condition), which the shapes do not need.
+  init_fn = build.model(config, shape=(size, size, latent_channels)).init_fn
   config.latent.autoencoder_workdir = os.path.abspath(ae_workdir.path)
   config.latent.autoencoder_step = 0
   config.latent.scale_factor = diffusers_vae.latent_scale_factor(vae_config)
@@ -115,8 +118,7 @@ def from_pipeline(source: str, workdir: Workdir, defaults, autoencoder_defaults,
   config.sample.guidance_scale = 7.5
   config.train.cond_dropout = 0.1  # SD drops 10 % of captions: its unconditional model is trained
   dirs.diffusion_settings(scheduler, config)
-  dirs.save_as_run(workdir, config, params,
-                   build.model(config, shape=(size, size, latent_channels)).init_fn)
+  dirs.save_as_run(workdir, config, params, init_fn)
   return config
 
 
