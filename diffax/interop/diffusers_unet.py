@@ -98,9 +98,7 @@ def unet_config(config: Mapping[str, Any]) -> dict:
     raise ValueError(f"{what} options flip_sin_to_cos={flip}, freq_shift={shift} are not "
                      f"supported; diffax maps (False, 1) (DDPM) and (True, 0) (ADM, SD)")
   channels = tuple(int(c) for c in config["block_out_channels"])
-  base = channels[0]
-  if any(c % base for c in channels):
-    raise ValueError(f"{what} block_out_channels={channels} must be multiples of the first")
+  levels = weight_map.levels(channels, what)
   down, up = tuple(config["down_block_types"]), tuple(config["up_block_types"])
   down_ok, up_ok = _BLOCKS[what]
   unknown = [b for b in down if b not in down_ok] + [b for b in up if b not in up_ok]
@@ -121,8 +119,7 @@ def unet_config(config: Mapping[str, Any]) -> dict:
   resolutions = [size[0] // 2**i for i in range(len(channels))]
   arch = dict(
       sample_shape=(*size, int(config["in_channels"])),
-      base_channels=base,
-      channel_mult=tuple(c // base for c in channels),
+      **levels,
       num_res_blocks=int(_one(config, "layers_per_block", what)),
       dropout=float(config["dropout"]),
       num_groups=int(config["norm_num_groups"]),

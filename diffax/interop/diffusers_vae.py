@@ -50,9 +50,6 @@ def autoencoder_config(config: Mapping[str, Any]) -> dict:
   if act not in _ACTIVATIONS:
     raise ValueError(f"AutoencoderKL act_fn={act!r} is not supported (diffax's autoencoder "
                      f"uses 'silu')")
-  if any(c % channels[0] for c in channels):
-    raise ValueError(f"AutoencoderKL block_out_channels={channels} must be multiples of the "
-                     f"first")
   quant = bool(config.get("use_quant_conv", True))
   if bool(config.get("use_post_quant_conv", True)) != quant:
     raise ValueError(f"AutoencoderKL use_quant_conv={quant} with use_post_quant_conv="
@@ -66,8 +63,7 @@ def autoencoder_config(config: Mapping[str, Any]) -> dict:
   size = (size, size) if isinstance(size, int) else tuple(size)
   return dict(
       sample_shape=(*(int(s) for s in size), in_channels),
-      base_channels=channels[0],
-      channel_mult=tuple(c // channels[0] for c in channels),
+      **weight_map.levels(channels, "AutoencoderKL"),
       num_res_blocks=int(config.get("layers_per_block", 1)),
       latent_channels=int(config.get("latent_channels", 4)),
       mid_attention=bool(config.get("mid_block_add_attention", True)),

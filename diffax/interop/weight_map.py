@@ -37,6 +37,18 @@ def _dense_in(w):  # torch [out, in] (or a 1x1 conv [out, in, 1, 1]) -> [in, out
   return w.reshape(w.shape[0], w.shape[1]).T
 
 
+def levels(block_out_channels, what: str) -> dict:
+  """diffusers' `block_out_channels` as diffax's `base_channels` and `channel_mult`.
+
+  Raises:
+    ValueError: a level's channels are not a multiple of the first level's.
+  """
+  channels = tuple(int(c) for c in block_out_channels)
+  if any(c % channels[0] for c in channels):
+    raise ValueError(f"{what} block_out_channels={channels} must be multiples of the first")
+  return dict(base_channels=channels[0], channel_mult=tuple(c // channels[0] for c in channels))
+
+
 class Entries(list):
   """A weight map under construction: `(diffax path, torch keys, kind)` rows, kind one of
   conv | dense | shortcut | vector | qkv (how a weight is laid out on each side)."""
