@@ -151,11 +151,14 @@ def test_image_i_does_not_depend_on_device_count(base):
   net, schedule = build.model(config), build.schedule(config)
   params, _ = sample.load_ema_params(Workdir(workdir), config, net)
   drawn = {}
-  for devices in (1, 4):
+  for devices, batch in ((1, 4), (4, 4), (8, 3)):
     mesh = parallel.create_mesh(jax.devices()[:devices])
-    req = sample.request(config, net, schedule, num_images=8, batch_size=4, mesh=mesh)
+    req = sample.request(config, net, schedule, num_images=8, batch_size=batch, mesh=mesh)
+    # 3 on 8 devices is drawn as 8, one image per device, not 3 on every device.
+    assert req.batch_size == max(batch, devices)
     drawn[devices] = req(jax.device_get(params), jax.random.key(0))
   np.testing.assert_allclose(drawn[1], drawn[4], atol=1e-5)
+  np.testing.assert_allclose(drawn[1], drawn[8], atol=1e-5)
 
 
 # --- reading images ---------------------------------------------------------------------------

@@ -140,7 +140,8 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
     net: the model (`build.model`).
     noise_schedule: the training schedule.
     num_images: how many images.
-    batch_size: images per sampler call.
+    batch_size: images per sampler call; with a mesh, rounded up to a multiple of its size
+      (the extra images are drawn and dropped).
     mesh: devices to split each batch over, or None.
     class_label: a conditional model's label for every image, -1 for i % num_classes;
       default `config.sample.class_label`.
@@ -163,6 +164,10 @@ def request(config, net, noise_schedule, *, num_images: int, batch_size: int, me
   """
   check_edits(init_image=init_image is not None, mask=mask is not None,
               strength=strength is not None, resample=resample is not None)
+  if mesh is not None:
+    # Every device draws its share; a batch that did not split would run whole on each one.
+    # Sample i depends on the seed and i alone, so the extra samples change none of the others.
+    batch_size = -(-batch_size // mesh.size) * mesh.size
   compiled = build.sampler(config, net, noise_schedule, batch_size=batch_size)
   knobs = {"eta": config.sample.eta}
   if compiled.spec.guided:
