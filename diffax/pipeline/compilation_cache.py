@@ -20,3 +20,8 @@ def enable() -> None:
   if path:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def directory():
+  """The persistent cache's directory, or None when the cache is off."""
+  return jax.config.jax_compilation_cache_dir or None

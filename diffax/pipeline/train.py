@@ -31,6 +31,7 @@ from diffax.pipeline import checks
 from diffax.pipeline import compilation_cache
 from diffax.pipeline import optim
 from diffax.pipeline import parallel
+from diffax.pipeline import saved_step
 from diffax.pipeline import state as state_lib
 from diffax.pipeline import step as step_lib
 from diffax.pipeline import tasks
@@ -131,10 +132,8 @@ def train_and_evaluate(config, workdir):
   # The step always drops a non-finite update (the state stays finite and one program serves
   # both modes); config.train.nonfinite decides in TrainLog whether the run then stops.
   # Frozen parameters (a latent model's autoencoder) are the step's last argument.
-  step_fn = parallel.compile_train_step(
-      step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True,
-                               preprocess=task.preprocess),
-      mesh, target, frozen=True)
+  step_fn = step_lib.make_train_step(task.loss_fn, tx, config, lr_schedule, skip_nonfinite=True,
+                                    preprocess=task.preprocess)
   train_rng = parallel.replicate(train_rng, mesh)
   state = ckpt.restore_or_init(lambda: parallel.create_sharded_state(create, mesh, init_rng),
                                target=target)
@@ -156,8 +155,11 @@ def train_and_evaluate(config, workdir):
   batch = None
   if start_step < num_steps:
     batch = task.device_batch(next(batches), start_step, mesh)
-    step_fn = parallel.compile_now(step_fn, state, batch, train_rng, task.frozen,
-                                   name="train_step")
+    # Traced once per config: a resumed run loads the saved step (and XLA's cached executable).
+    step_fn = saved_step.compile_train_step(step_fn, mesh, state, batch, train_rng, task.frozen,
+                                            key=config.to_json_best_effort(sort_keys=True)
+                                            + saved_step.code_fingerprint(task.loss_fn,
+                                                                          task.preprocess))
   log = TrainLog(workdir, start_step=start_step, num_steps=num_steps, batch_size=t.batch_size,
                  skip_nonfinite=t.nonfinite == "skip", max_ahead=t.max_steps_ahead,
                  latest_checkpoint=ckpt.latest_step)
