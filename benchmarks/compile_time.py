@@ -5,6 +5,9 @@ makes an empty cache directory, runs a child that compiles the program (cold), t
 child with the same directory (warm: XLA's executable comes from the persistent cache, and only
 tracing and lowering are redone). A child prints one JSON line:
   {"trace_lower_s": ..., "compile_s": ..., "total_s": ...}
+The train step compiles as `diffax.pipeline.train` compiles it, through
+`diffax.pipeline.saved_step`: cold traces, exports and saves the step beside the cache; warm loads
+it and skips tracing as well (`--traced`: trace in both, the persistent cache alone).
 
   python -m benchmarks.compile_time --child sampler --width half --batch 64 --steps 50 \
       --cache_dir /tmp/cache
@@ -29,7 +32,7 @@ def _child(args) -> dict:
   from benchmarks import diffax_cases  # pylint: disable=g-import-not-at-top
   from diffax import sampling  # pylint: disable=g-import-not-at-top
   import functools  # pylint: disable=g-import-not-at-top
-  from diffax.pipeline import build, parallel  # pylint: disable=g-import-not-at-top
+  from diffax.pipeline import build, parallel, saved_step  # pylint: disable=g-import-not-at-top
   from diffax.pipeline import state as train_state  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -51,6 +54,16 @@ def _child(args) -> dict:
     state = parallel.abstract_state(
         functools.partial(train_state.create_train_state, init_fn, tx), mesh, jax.random.key(0))
     batch = {"x": jax.ShapeDtypeStruct((args.batch, 32, 32, 3), np.float32)}
+    step4 = lambda state, batch, rng, frozen: step(state, batch, rng)
+    if not args.traced:  # as diffax.pipeline.train compiles it: the saved step, when there is one
+      directory = os.path.join(args.cache_dir, saved_step.SUBDIR)
+      loaded = os.path.isdir(directory) and bool(os.listdir(directory))
+      start = time.perf_counter()
+      saved_step.compile_train_step(step4, mesh, state, batch, jax.random.key(1), None,
+                                    key=cfg.to_json_best_effort(sort_keys=True),
+                                    directory=args.cache_dir)
+      return {"total_s": time.perf_counter() - start,
+              "saved_step": "loaded" if loaded else "traced and saved"}
     fn, fn_args = parallel.compile_train_step(step, mesh), (state, batch, jax.random.key(1))
   start = time.perf_counter()
   lowered = fn.lower(*fn_args)
@@ -62,10 +75,10 @@ def _child(args) -> dict:
 
 
 def _run_child(what: str, width: str, batch: int, cache_dir: str, sampler: str = "ddim",
-               steps: int = 50) -> dict:
+               steps: int = 50, traced: bool = False) -> dict:
   cmd = [sys.executable, "-m", "benchmarks.compile_time", "--child", what, "--width", width,
          "--batch", str(batch), "--cache_dir", cache_dir, "--sampler", sampler,
-         "--steps", str(steps)]
+         "--steps", str(steps)] + (["--traced"] if traced else [])
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
@@ -75,15 +88,15 @@ def _run_child(what: str, width: str, batch: int, cache_dir: str, sampler: str =
 
 
 def cold_and_warm(what: str, width: str, batch: int, sampler: str = "ddim",
-                  steps: int = 50) -> dict:
+                  steps: int = 50, traced: bool = False) -> dict:
   """Compile `what` ("sampler" or "train") in a fresh process twice over one new cache dir.
 
   Returns:
     {"cold": child record, "warm": child record}; `total_s` is trace + lower + compile.
   """
   with tempfile.TemporaryDirectory(prefix="diffax_bench_cache_") as cache_dir:
-    cold = _run_child(what, width, batch, cache_dir, sampler, steps)
-    warm = _run_child(what, width, batch, cache_dir, sampler, steps)
+    cold = _run_child(what, width, batch, cache_dir, sampler, steps, traced)
+    warm = _run_child(what, width, batch, cache_dir, sampler, steps, traced)
   return {"cold": cold, "warm": warm}
 
 
@@ -95,6 +108,8 @@ def main():
   parser.add_argument("--sampler", default="ddim")
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument("--cache_dir", required=True)
+  parser.add_argument("--traced", action="store_true",
+                      help="train: trace every time (the persistent cache only), not the saved step")
   print(json.dumps(_child(parser.parse_args())))
 
 

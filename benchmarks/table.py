@@ -49,7 +49,8 @@ def row(record: dict) -> list[str]:
 
 
 def markdown(records: list[dict]) -> str:
-  """A markdown table of every sampler/train/compile record, preceded by the machine line."""
+  """A markdown table of every sampler/train/compile record, preceded by the machine line, and
+  one of the memory records."""
   lines = []
   for r in records:
     if r.get("bench") == "machine":
@@ -69,4 +70,24 @@ def markdown(records: list[dict]) -> str:
   for r in records:
     if r.get("bench") in ("sampler", "train", "compile"):
       lines.append("| " + " | ".join(row(r)) + " |")
+  memory = [r for r in records if r.get("bench") == "memory"]
+  if memory:
+    lines += ["", "Peak resident memory, MiB: during a call (after warm-up) / of the whole process "
+              "(compilation included); each side alone in a fresh process.", "",
+              "| " + " | ".join(_MEMORY_COLUMNS) + " |", "|" + "---|" * len(_MEMORY_COLUMNS)]
+    lines += ["| " + " | ".join(memory_row(r)) + " |" for r in memory]
   return "\n".join(lines)
+
+
+_MEMORY_COLUMNS = ("what", "config", "diffax", "peer (diffusers)", "peer (torch.compile)",
+                   "diffax / eager peer (during a call)")
+
+
+def memory_row(record: dict) -> list[str]:
+  """The memory table's cells of one 'memory' record."""
+  what = (f"sample {record['sampler']}" if record["what"] == "sampler" else "train step")
+  cell = lambda r: f"{r['run_mib']:.0f} / {r['peak_mib']:.0f}" if r else "-"
+  diffax, peer = record["diffax"], record.get("peer")
+  return [what, f"{record['width']}, batch {record['batch']}", cell(diffax), cell(peer),
+          cell(record.get("peer_compiled")),
+          f"{diffax['run_mib'] / peer['run_mib']:.2f}x" if peer else "-"]

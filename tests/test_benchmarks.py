@@ -90,19 +90,33 @@ def _records():
        "ratio_compiled": 1.2, "ratio_best": 1.2},
       {"bench": "compile", "what": "train", "width": "half", "batch": 32, "cold_s": 20.0,
        "warm_s": 3.0, "target": "<= 30 s cold"},
+      {"bench": "memory", "what": "train", "width": "half", "batch": 32,
+       "diffax": {"import_mib": 300.0, "run_mib": 900.0, "peak_mib": 1500.0},
+       "peer": {"import_mib": 400.0, "run_mib": 1200.0, "peak_mib": 1250.0}},
   ]
 
 
 def test_markdown_table_has_one_row_per_measurement():
   text = table.markdown(_records())
   rows = [line for line in text.splitlines() if line.startswith("| ")]
-  assert len(rows) == 1 + 3  # header + sampler, train, compile
+  assert len(rows) == 1 + 3 + 1 + 1  # header + sampler, train, compile; header + memory
   assert "| sample ddim-50 | half, batch 1 | 2 img/s, 50 ms/step |" in text
   assert "| 2.00x | >= 2.0x | 60 (50 %) |" in text
   assert "cold 20 s, warm 3 s" in text
   # Two peers: the ratio shown is against the faster one (torch.compile here).
   assert "| 9 img/s | 6 img/s | 7.5 img/s | 1.20x |" in text
   assert "limit used: 120 GFLOP/s" in text
+  assert "| train step | half, batch 32 | 900 / 1500 | 1200 / 1250 | - | 0.75x |" in text
+
+
+def test_peak_memory_children_measure_each_side_alone():
+  """A sampler case's resident memory, diffax and the eager peer each in a fresh process."""
+  from benchmarks import peak_rss  # pylint: disable=g-import-not-at-top
+  params_mib = 8_952_067 * 4 / 2**20  # the half-width network's float32 weights
+  for side in ("diffax", "peer"):
+    r = peak_rss.measure(side, "sampler", "half", 1)
+    assert r["run_mib"] - r["import_mib"] > params_mib, (side, r)  # the model is resident
+    assert r["import_mib"] < r["run_mib"] <= r["peak_mib"], (side, r)
 
 
 def test_the_peer_is_the_network_users_train():
