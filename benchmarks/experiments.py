@@ -5,7 +5,7 @@ JSON line with both medians and their ratio. XLA flag experiments need a process
 see flags_ab.py.
 
   python benchmarks/experiments.py ynn scan_steps bf16 baked_params peer_layout group_norm \
-      conv_forms remat attention
+      conv_forms remat attention saved_step
 """
 
 import argparse
@@ -253,6 +253,30 @@ def remat(reps, batch=16):
           for other in ("blocks", "dots")]
 
 
+def saved_step(reps, batch=32):
+  """The train step as `diffax.pipeline.train` runs it, loaded from its `jax.export` file
+  (`diffax.pipeline.saved_step`), against the same step jitted directly: saving the step to skip
+  tracing must cost nothing per step. Half width."""
+  import tempfile
+  from diffax.pipeline import parallel
+  from diffax.pipeline import saved_step as saved
+  cfg = diffax_cases.config("half", batch)
+  steps = {"jitted": diffax_cases.TrainStep(cfg), "loaded": diffax_cases.TrainStep(cfg)}
+  loaded = steps["loaded"]
+  step = diffax_cases.make_step(cfg)[2]
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  with tempfile.TemporaryDirectory() as directory:
+    for _ in range(2):  # traced and saved, then loaded
+      fn = saved.compile_train_step(lambda s, b, r, f: step(s, b, r), mesh, loaded.state,
+                                    loaded.batch, loaded.rng, None,
+                                    key=cfg.to_json_best_effort(sort_keys=True),
+                                    directory=directory)
+  loaded.compiled = lambda state, batch, rng: fn(state, batch, rng, None)
+  times = timing.interleave(steps, reps=reps)
+  return [_report("saved_step", f"train half batch {batch}", times,
+                  {"jitted": batch, "loaded": batch})]
+
+
 def attention(reps):
   """`attention_impl`: diffax's einsums vs `jax.nn.dot_product_attention(implementation="xla")`
   in `attention.multi_head_attention`, forward (sampling) and forward + backward (training),
@@ -316,7 +340,8 @@ def _attention_text_unet(reps, tokens=16):
 
 EXPERIMENTS = {"ynn": ynn, "scan_steps": scan_steps, "bf16": bf16, "baked_params": baked_params,
                "peer_layout": peer_layout, "conv_peer": conv_peer, "group_norm": group_norm,
-               "conv_forms": conv_forms, "remat": remat, "attention": attention}
+               "conv_forms": conv_forms, "remat": remat, "attention": attention,
+               "saved_step": saved_step}
 
 
 def main():
