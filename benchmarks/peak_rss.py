@@ -8,7 +8,7 @@ prints one JSON line:
   {"import_mib": RSS after importing the framework,
    "run_mib": peak RSS during the second call (the model, its state and the call's working
      memory: what a long run holds),
-   "peak_mib": the process's peak RSS (compilation included)}
+   "peak_mib": the process's peak RSS (compilation included; VmHWM)}
 
 A sampler case runs 2 steps: a sampling loop's memory does not grow with its steps.
 
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 
@@ -52,11 +51,14 @@ def _child(args) -> dict:
             else peer.Sampler(args.width, args.sampler, args.batch, SAMPLER_STEPS,
                               compiled=compiled))
   case()
+  # VmHWM, not getrusage's ru_maxrss: that one keeps the high-water mark of the process before
+  # its exec (the parent's, which ran the other side).
+  peak_mib = _mib_now("VmHWM")
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # resets VmHWM, the peak resident set size, to the current one
   case()
-  return {"import_mib": import_mib, "run_mib": _mib_now("VmHWM"),
-          "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  run_mib = _mib_now("VmHWM")
+  return {"import_mib": import_mib, "run_mib": run_mib, "peak_mib": max(peak_mib, run_mib)}
 
 
 def measure(side: str, what: str, width: str, batch: int, sampler: str = "ddim",
