@@ -16,12 +16,10 @@ it and skips tracing as well (`--traced`: trace in both, the persistent cache al
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import child
 
 
 def _child(args) -> dict:
@@ -76,15 +74,9 @@ def _child(args) -> dict:
 
 def _run_child(what: str, width: str, batch: int, cache_dir: str, sampler: str = "ddim",
                steps: int = 50, traced: bool = False) -> dict:
-  cmd = [sys.executable, "-m", "benchmarks.compile_time", "--child", what, "--width", width,
-         "--batch", str(batch), "--cache_dir", cache_dir, "--sampler", sampler,
-         "--steps", str(steps)] + (["--traced"] if traced else [])
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-  if out.returncode:
-    raise RuntimeError(f"compile-time child failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return child.run("compile_time", ["--child", what, "--width", width, "--batch", batch,
+                                    "--cache_dir", cache_dir, "--sampler", sampler, "--steps",
+                                    steps] + (["--traced"] if traced else []), "compile-time")
 
 
 def cold_and_warm(what: str, width: str, batch: int, sampler: str = "ddim",

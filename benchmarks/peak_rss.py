@@ -19,10 +19,9 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import child
+
 SIDES = ("diffax", "peer", "peer_compiled")
 SAMPLER_STEPS = 2
 
@@ -64,15 +63,9 @@ def _child(args) -> dict:
 def measure(side: str, what: str, width: str, batch: int, sampler: str = "ddim",
             torch_threads: int = 1) -> dict:
   """Runs one side of one case in a child process; returns its JSON record."""
-  cmd = [sys.executable, "-m", "benchmarks.peak_rss", "--side", side, "--what", what,
-         "--width", width, "--batch", str(batch), "--sampler", sampler,
-         "--torch_threads", str(torch_threads)]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-  if out.returncode:
-    raise RuntimeError(f"peak-memory child {side} {what} failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return child.run("peak_rss", ["--side", side, "--what", what, "--width", width, "--batch",
+                                batch, "--sampler", sampler, "--torch_threads", torch_threads],
+                   f"peak-memory {side} {what}")
 
 
 def main():
