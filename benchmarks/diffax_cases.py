@@ -50,12 +50,14 @@ class Sampler:
   Attributes:
     compile_s: seconds to trace, lower and compile it (in this process; the persistent cache
       may or may not be on, see run.py).
-    flops_per_eval: XLA's FLOPs for one model evaluation of the whole batch.
+    flops_per_eval: XLA's FLOPs for one model evaluation of the whole batch (None without
+      `count_flops`).
     num_params: the model's parameter count.
   """
 
   def __init__(self, cfg, sampler: str, batch: int, steps: int, *, seed: int = 0,
-               dtype: Optional[str] = None, compiler_options: Optional[dict] = None):
+               dtype: Optional[str] = None, compiler_options: Optional[dict] = None,
+               count_flops: bool = True):
     init_fn, apply_fn = build.model(cfg, dtype=dtype)
     self.apply_fn = apply_fn
     self.params = jax.jit(init_fn)(jax.random.key(seed))
@@ -76,10 +78,12 @@ class Sampler:
     start = time.perf_counter()
     self.compiled = jax.jit(run).lower(self.params, self.rng).compile(compiler_options)
     self.compile_s = time.perf_counter() - start
-    x = jnp.zeros(shape, jnp.float32)
-    t = jnp.zeros((batch,), jnp.int32)
-    forward = jax.jit(lambda p, x, t: apply_fn(p, x, t)).lower(self.params, x, t).compile()
-    self.flops_per_eval = limit.flops(forward)
+    self.flops_per_eval = None
+    if count_flops:  # a second program: one model evaluation, for XLA's FLOP count
+      x = jnp.zeros(shape, jnp.float32)
+      t = jnp.zeros((batch,), jnp.int32)
+      forward = jax.jit(lambda p, x, t: apply_fn(p, x, t)).lower(self.params, x, t).compile()
+      self.flops_per_eval = limit.flops(forward)
 
   def __call__(self):
     return self.compiled(self.params, self.rng).block_until_ready()

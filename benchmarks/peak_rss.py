@@ -39,7 +39,8 @@ def _child(args) -> dict:
     if args.what == "train":
       case = diffax_cases.TrainStep(cfg)
     else:
-      case = diffax_cases.Sampler(cfg, args.sampler, args.batch, SAMPLER_STEPS)
+      case = diffax_cases.Sampler(cfg, args.sampler, args.batch, SAMPLER_STEPS,
+                                  count_flops=False)
   else:
     import torch  # pylint: disable=g-import-not-at-top
     from benchmarks import peer  # pylint: disable=g-import-not-at-top

@@ -4,7 +4,7 @@ JAX's persistent compilation cache skips XLA's compile, but it is keyed by the l
 so every new process traces and lowers the step first: seconds of Python for a U-Net, most of a
 warm start. `compile_train_step` saves the traced step with `jax.export` (StableHLO, with its
 shardings) beside that cache, keyed by the config, the arguments' shapes and shardings, the
-devices, the jax/jaxlib versions and a hash of diffax's own sources. The next process with the
+devices, the versions of jax, jaxlib, flax, optax and numpy, and a hash of diffax's own sources. The next process with the
 same key loads it instead of tracing, and its compile is a cache hit.
 
 The key names everything the step is traced from when the step is built from the config, as
